@@ -1,0 +1,179 @@
+"""The architecture of a vHeat checkpoint: read from its weights and config, compared, built.
+
+A checkpoint's weights fix everything except pre-norm vs post-norm (both have the
+same tensors); that comes from the checkpoint's own config, or the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from vheat_jax.model import VHeat, VHeatBackbone
+
+log = logging.getLogger(__name__)
+
+
+class ArchitectureMismatchError(ValueError):
+    """The weights do not fit the architecture asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """What is needed to build the Flax module that holds a checkpoint's weights."""
+
+    dims: int
+    depths: tuple[int, ...]
+    post_norm: bool
+    layer_scale: float | None
+    img_size: int
+    num_classes: int | None  # None: dense-prediction backbone (out-norms, no classifier)
+    infer_mode: bool = False
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+
+    @property
+    def dense(self) -> bool:
+        return self.num_classes is None
+
+    def build(self, **overrides: Any) -> VHeat | VHeatBackbone:
+        """The Flax module for these weights; ``overrides`` set run-time fields (dtype, drop_path_rate...)."""
+        fields = dict(
+            dims=self.dims, depths=self.depths, post_norm=self.post_norm, layer_scale=self.layer_scale,
+            img_size=self.img_size, infer_mode=self.infer_mode, patch_size=self.patch_size,
+            mlp_ratio=self.mlp_ratio, drop_path_rate=0.0,
+        )
+        fields.update(overrides)
+        if self.dense:
+            return VHeatBackbone(**fields)
+        return VHeat(num_classes=self.num_classes, **fields)
+
+    def replace(self, **changes: Any) -> Arch:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Arch:
+        fields = json.loads(text)
+        fields["depths"] = tuple(fields["depths"])
+        return cls(**fields)
+
+
+def _dash(values) -> str:
+    return "-".join(str(v) for v in values)
+
+
+def arch_from_state_dict(state_dict: Mapping[str, Any], post_norm: bool | None = None) -> Arch:
+    """Reads the architecture off a torch vHeat state dict (keys without ``backbone.``)."""
+    if "patch_embed.conv2.weight" not in state_dict:
+        raise ArchitectureMismatchError(
+            "not a vHeat state dict: no 'patch_embed.conv2.weight' (first keys: "
+            f"{', '.join(list(state_dict)[:5])})"
+        )
+    dims = state_dict["patch_embed.conv2.weight"].shape[0]
+    depths: dict[int, set[int]] = {}
+    for key in state_dict:
+        match = re.match(r"layers\.(\d+)\.(\d+)\.op\.", key)
+        if match:
+            depths.setdefault(int(match[1]), set()).add(int(match[2]))
+    stage_depths = tuple(len(depths.get(i, ())) for i in range(len(depths)))
+    infer_mode = any(key.endswith(".op.k_exp") for key in state_dict)
+    if infer_mode:
+        res0 = state_dict["layers.0.0.op.k_exp"].shape[0]
+    else:
+        res0 = state_dict["freq_embed.0"].shape[0]
+    layer_scale = 1e-5 if "layers.0.0.gamma1" in state_dict else None
+    head = state_dict.get("classifier.3.weight")
+    if post_norm is None:
+        # Pre/post-norm leave no trace in the weights. The official variants pair
+        # post-norm with layer scale (S, B) and pre-norm without it (T).
+        post_norm = layer_scale is not None
+        log.warning("checkpoint does not say pre- or post-norm; assuming post_norm=%s "
+                    "(official pairing with layer scale). Pass post_norm= to override.", post_norm)
+    return Arch(
+        dims=int(dims), depths=stage_depths, post_norm=bool(post_norm), layer_scale=layer_scale,
+        img_size=int(res0) * 4, num_classes=None if head is None else int(head.shape[0]),
+        infer_mode=infer_mode,
+    )
+
+
+def _config_get(config: Mapping, *path: str) -> Any:
+    node: Any = config
+    for name in path:
+        if not isinstance(node, Mapping) or name not in node:
+            return None
+        node = node[name]
+    return node
+
+
+def arch_from_official_config(config: Mapping, weights_arch: Arch) -> Arch:
+    """Applies the official yacs config (as inert data) on top of what the weights say.
+
+    Raises :class:`ArchitectureMismatchError` when the config and the weights disagree.
+    """
+    vheat = _config_get(config, "MODEL", "VHEAT") or {}
+    asked = dict(
+        dims=vheat.get("EMBED_DIM"),
+        depths=None if vheat.get("DEPTHS") is None else tuple(vheat["DEPTHS"]),
+        img_size=_config_get(config, "DATA", "IMG_SIZE"),
+        num_classes=_config_get(config, "MODEL", "NUM_CLASSES"),
+        patch_size=vheat.get("PATCH_SIZE"),
+        mlp_ratio=vheat.get("MLP_RATIO"),
+    )
+    asked = {name: value for name, value in asked.items() if value is not None}
+    if weights_arch.infer_mode:
+        asked.pop("img_size", None)  # an inference-form k_exp may have been built for another size
+    check_arch(weights_arch, weights_arch.replace(**asked), found_what="checkpoint weights",
+               asked_what="checkpoint config")
+    post_norm = vheat.get("POST_NORM")
+    layer_scale = vheat.get("LAYER_SCALE")
+    return weights_arch.replace(
+        **asked,
+        post_norm=weights_arch.post_norm if post_norm is None else bool(post_norm),
+        layer_scale=weights_arch.layer_scale if layer_scale is None else float(layer_scale),
+    )
+
+
+def arch_differences(found: Arch, asked: Arch, found_what: str = "checkpoint",
+                     asked_what: str = "config") -> list[str]:
+    """Human-readable differences that change the weights' shapes or meaning."""
+    problems = []
+    if found.depths != asked.depths:
+        problems.append(f"depths in {found_what} are {_dash(found.depths)}, {asked_what} asks {_dash(asked.depths)}")
+    if found.dims != asked.dims:
+        problems.append(f"stage-0 width (dims) in {found_what} is {found.dims}, {asked_what} asks {asked.dims}")
+    if found.img_size != asked.img_size:
+        problems.append(
+            f"frequency embeddings in {found_what} are for {found.img_size}px input, {asked_what} asks "
+            f"{asked.img_size}px (adapt with convert_torch.py --img-size {asked.img_size})")
+    if found.num_classes != asked.num_classes:
+        def describe(n):
+            return "no classifier (dense backbone)" if n is None else f"{n} classes"
+        problems.append(f"{found_what} has {describe(found.num_classes)}, {asked_what} asks "
+                        f"{describe(asked.num_classes)}")
+    if (found.layer_scale is None) != (asked.layer_scale is None):
+        problems.append(f"layer scale is {'on' if found.layer_scale else 'off'} in {found_what}, "
+                        f"{asked_what} asks {'on' if asked.layer_scale else 'off'}")
+    if found.post_norm != asked.post_norm:
+        def norm(post):
+            return "post-norm" if post else "pre-norm"
+        problems.append(f"{found_what} blocks are {norm(found.post_norm)}, {asked_what} asks {norm(asked.post_norm)}")
+    if found.infer_mode != asked.infer_mode:
+        problems.append(f"{found_what} is in {'inference' if found.infer_mode else 'training'} form, "
+                        f"{asked_what} asks the {'inference' if asked.infer_mode else 'training'} form")
+    if found.patch_size != asked.patch_size or found.mlp_ratio != asked.mlp_ratio:
+        problems.append(f"patch size / mlp ratio in {found_what} are {found.patch_size}/{found.mlp_ratio}, "
+                        f"{asked_what} asks {asked.patch_size}/{asked.mlp_ratio}")
+    return problems
+
+
+def check_arch(found: Arch, asked: Arch, found_what: str = "checkpoint", asked_what: str = "config") -> None:
+    problems = arch_differences(found, asked, found_what, asked_what)
+    if problems:
+        raise ArchitectureMismatchError("; ".join(problems))

@@ -1,0 +1,1 @@
+"""Command-line entry points (the top-level scripts are thin wrappers over these)."""

@@ -1,0 +1,617 @@
+"""Read and write PyTorch ``.pth`` checkpoints without torch and without running pickled code.
+
+A ``.pth`` file (torch >= 1.6) is a zip archive: ``<dir>/data.pkl`` is a pickle of
+the saved object in which every tensor refers, through a pickle "persistent id",
+to raw little-endian bytes stored in ``<dir>/data/<key>``. An ordinary unpickler
+(``torch.load(weights_only=False)``) imports and calls whatever the pickle names,
+so loading an untrusted checkpoint that way can run arbitrary code.
+
+Security model of :func:`load_pth`. Nothing named in the file is ever imported or
+called; every global the pickle names is looked up in tables of this module:
+
+* **Rebuilt** by this module's own code, from validated arguments: tensors
+  (``torch._utils._rebuild_tensor_v2`` / ``_v3``, ``_rebuild_parameter``,
+  ``_rebuild_parameter_with_state``, the ``torch.*Storage`` types) become numpy
+  arrays copied out of the raw storage bytes; ``collections.OrderedDict``,
+  ``set``, ``frozenset``, ``slice``, ``complex``, ``bytes``/``bytearray`` and
+  numpy scalars, dtypes and arrays (checkpoints often store ``epoch`` or
+  ``max_accuracy`` as numpy scalars) are rebuilt too.
+* **Inert**: any other class that the pickle only instantiates the way pickle
+  restores plain objects (``cls.__new__(cls)`` then SETITEMS / BUILD; that is how
+  a ``yacs.config.CfgNode`` is stored) becomes an :class:`OpaqueObject`, a dict
+  that records the class name, the items and the BUILD state.
+* **Refused** with :class:`UnsafeCheckpointError`: any global of a module or
+  builtin that can run code (``os``, ``subprocess``, ``builtins.eval``, ...), and
+  any *call* of a global that is not rebuilt above, since calling a global is how
+  a malicious pickle runs code.
+
+:func:`save_pth` writes the layout torch 2.x writes, loadable by
+``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "OpaqueObject", "load_pth", "save_pth"]
+
+
+class CheckpointError(ValueError):
+    """The file is not a checkpoint this module can read: unreadable, corrupt or unsupported."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint's pickle tries to use or call something other than tensor and container rebuilds."""
+
+
+class OpaqueObject(dict):
+    """Inert stand-in for an instance of a class this module does not know (e.g. ``yacs.config.CfgNode``).
+
+    Holds the items the pickle stored into the object (so nested configs read as
+    ``ckpt["config"]["MODEL"]["VHEAT"]["DEPTHS"]``), the class's ``module`` and
+    ``qualname``, and ``state``, the argument of the pickle's BUILD (an object's
+    ``__dict__``); the class itself is never imported.
+    """
+
+    def __init__(self, module: str, qualname: str, items: Mapping | Iterable = (), state: Any = None) -> None:
+        super().__init__(items)
+        self.module = module
+        self.qualname = qualname
+        self.state = state
+
+    def __setstate__(self, state: Any) -> None:
+        """Pickle's BUILD: record the state instead of applying it to a real object."""
+        self.state = state
+
+    def __reduce__(self) -> tuple:
+        """Copies and pickles go through the constructor, so they do not mistake our attributes for BUILD state."""
+        return OpaqueObject, (self.module, self.qualname, dict(self), self.state)
+
+    def __repr__(self) -> str:
+        return f"OpaqueObject({self.module}.{self.qualname}, {dict.__repr__(self)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes
+
+_STORAGE_DTYPES: dict[str, np.dtype] = {
+    "FloatStorage": np.dtype(np.float32),
+    "DoubleStorage": np.dtype(np.float64),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+    "ComplexFloatStorage": np.dtype(np.complex64),
+    "ComplexDoubleStorage": np.dtype(np.complex128),
+}
+"""The typed storage classes torch names in persistent ids, and what their bytes hold."""
+
+_STORAGE_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in _STORAGE_DTYPES.items()}
+
+_TORCH_DTYPES: dict[str, np.dtype] = {
+    dtype.name: dtype  # numpy's names are torch's: float32, bfloat16, int64, bool, ...
+    for dtype in (*_STORAGE_DTYPES.values(), np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64),
+                  np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2))
+}
+"""The dtype globals (``torch.uint16``, ...) of ``_rebuild_tensor_v3``, which torch writes for dtypes that
+have no typed storage class, together with an untyped (byte) storage."""
+
+
+class _TorchDtype(NamedTuple):
+    """What ``torch.FloatStorage`` or ``torch.uint16`` stands for. A NamedTuple, so BUILD cannot modify it."""
+
+    name: str
+    dtype: np.dtype
+
+
+class _Storage(NamedTuple):
+    """A storage read from ``data/<key>``: a read-only 1-D little-endian array over the record's bytes."""
+
+    data: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# rebuild functions for the allowed globals
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not (isinstance(value, tuple) and all(_is_int(v) and v >= 0 for v in value)):
+        raise CheckpointError(f"tensor {what} must be a tuple of non-negative ints, got {value!r:.80}")
+    return value
+
+
+def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any, dtype: np.dtype | None) -> np.ndarray:
+    """The tensor ``storage[offset:]`` viewed with ``size``/``stride`` (in elements), as a new contiguous array.
+
+    Bounds are checked before ``as_strided``, which would otherwise read past the
+    storage. ``dtype`` reinterprets an untyped (byte) storage; None keeps the storage's.
+    """
+    if not isinstance(storage, _Storage):
+        raise CheckpointError(f"tensor rebuilt from {type(storage).__name__}, not from a storage record")
+    data = storage.data
+    if dtype is not None:
+        if data.nbytes % dtype.itemsize:
+            raise CheckpointError(f"storage of {data.nbytes} bytes does not hold whole {dtype} elements")
+        data = data.view(dtype.newbyteorder("<"))
+    shape, strides = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+    if not _is_int(offset) or offset < 0 or len(shape) != len(strides):
+        raise CheckpointError(f"bad tensor layout: offset {offset!r:.40}, size {shape}, stride {strides}")
+    native = data.dtype.newbyteorder("=")
+    if 0 in shape:
+        return np.empty(shape, native)
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
+    if last >= data.size:
+        raise CheckpointError(f"tensor of size {shape} (offset {offset}, stride {strides}) runs past the end "
+                              f"of its storage of {data.size} elements; the file is corrupt")
+    view = np.lib.stride_tricks.as_strided(
+        data[offset:], shape, tuple(s * data.itemsize for s in strides), writeable=False)
+    return view.astype(native)
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                       backward_hooks: Any = None, metadata: Any = None) -> np.ndarray:
+    return _tensor_from_storage(storage, offset, size, stride, None)
+
+
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       backward_hooks: Any, dtype: Any, metadata: Any = None) -> np.ndarray:
+    if not isinstance(dtype, _TorchDtype):
+        raise CheckpointError(f"_rebuild_tensor_v3 with dtype {dtype!r:.60}, not a supported torch dtype")
+    return _tensor_from_storage(storage, offset, size, stride, dtype.dtype)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None,
+                       state: Any = None) -> np.ndarray:
+    """An ``nn.Parameter`` is its data; autograd flags, hooks and extra attributes are dropped."""
+    if not isinstance(data, np.ndarray):
+        raise CheckpointError(f"parameter rebuilt from {type(data).__name__}, not from a tensor")
+    return data
+
+
+def _bytes_args(kind: str, args: tuple) -> tuple:
+    """Allows the argument forms pickle writes for bytes: none, bytes, or (text, 'latin1').
+
+    An int argument would allocate that many bytes, and another encoding would
+    make Python look up (import) a codec; both are refused.
+    """
+    if args == () or (len(args) == 1 and isinstance(args[0], (bytes, bytearray))):
+        return args
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+        return args
+    raise CheckpointError(f"{kind}() with unsupported arguments {args!r:.80}")
+
+
+def _bytes(*args: Any) -> bytes:
+    return bytes(*_bytes_args("bytes", args))
+
+
+def _bytearray(*args: Any) -> bytearray:
+    return bytearray(*_bytes_args("bytearray", args))
+
+
+def _codecs_encode(*args: Any) -> bytes:
+    """Protocol-2 pickles store ``bytes`` as ``_codecs.encode(text, 'latin1')``."""
+    text, encoding = _bytes_args("_codecs.encode", args)
+    return text.encode(encoding)
+
+
+def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    if not isinstance(spec, str):
+        raise CheckpointError(f"numpy.dtype from {type(spec).__name__}, not from a type code")
+    return np.dtype(spec, bool(align), bool(copy))
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
+    if not (isinstance(dtype, np.dtype) and not dtype.hasobject
+            and isinstance(data, bytes) and len(data) == dtype.itemsize):
+        raise CheckpointError(f"malformed numpy scalar of dtype {dtype!r:.40}")
+    return np.frombuffer(data, dtype)[0]
+
+
+class _Marker(NamedTuple):
+    """A global that may only be passed as an argument, never called (nor modified: a NamedTuple)."""
+
+    name: str
+
+
+_NDARRAY = _Marker("numpy.ndarray")
+"""What ``numpy.ndarray`` resolves to: pickled arrays pass it to ``_reconstruct``."""
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any = None, dtype: Any = None) -> np.ndarray:
+    """An empty plain ndarray; the pickle's BUILD (``ndarray.__setstate__``) then sets its dtype, shape and data."""
+    if subtype is not _NDARRAY:
+        raise CheckpointError(f"numpy array of class {subtype!r:.60} (only plain ndarrays are rebuilt)")
+    return np.empty(0, np.uint8)
+
+
+def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> OpaqueObject:
+    """How protocol 0/1 pickles restore plain objects; only ever yields an OpaqueObject."""
+    if not isinstance(cls, _InertClass):
+        raise CheckpointError(f"copyreg._reconstructor of {cls!r:.60} is not supported")
+    obj = OpaqueObject(cls.module, cls.qualname)
+    if isinstance(state, dict):
+        obj.update(state)
+    return obj
+
+
+class _SafeCall(NamedTuple):
+    """An allowed global that pickle may call: runs one of the functions above.
+
+    Pickle's BUILD can set attributes of any object it has; a NamedTuple has none
+    to set, so a file cannot tamper with these module-level functions.
+    """
+
+    fn: Callable[..., Any]
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+_NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1.x and 2.x pickles
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _SafeCall(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor_v3"): _SafeCall(_rebuild_tensor_v3),
+    ("torch._utils", "_rebuild_parameter"): _SafeCall(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _SafeCall(_rebuild_parameter),
+    ("torch.storage", "UntypedStorage"): _TorchDtype("UntypedStorage", np.dtype(np.uint8)),
+    **{("torch", name): _TorchDtype(name, dtype) for name, dtype in {**_STORAGE_DTYPES, **_TORCH_DTYPES}.items()},
+    ("collections", "OrderedDict"): OrderedDict,  # builtin types are immutable, so returned as they are
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytes"): _SafeCall(_bytes),
+    ("builtins", "bytearray"): _SafeCall(_bytearray),
+    ("_codecs", "encode"): _SafeCall(_codecs_encode),
+    ("copyreg", "_reconstructor"): _SafeCall(_copyreg_reconstructor),
+    ("numpy", "dtype"): _SafeCall(_numpy_dtype),
+    ("numpy", "ndarray"): _NDARRAY,
+    **{(module, "scalar"): _SafeCall(_numpy_scalar) for module in _NUMPY_MULTIARRAY},
+    **{(module, "_reconstruct"): _SafeCall(_numpy_reconstruct) for module in _NUMPY_MULTIARRAY},
+}
+"""Every global :func:`load_pth` resolves to something usable, by ``(module, name)``."""
+
+_MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+"""Python 2 module names, which protocol-2 pickles use."""
+
+_CODE_RUNNING_MODULES = frozenset({
+    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "shutil", "socket", "importlib", "pickle",
+    "_pickle", "marshal", "types", "runpy", "pty", "code", "codeop", "functools", "operator", "_operator", "io",
+    "_io", "ctypes", "webbrowser", "multiprocessing", "threading", "_thread", "signal", "asyncio", "tempfile",
+    "pathlib", "glob", "pdb", "bdb", "timeit", "trace", "inspect", "gc", "weakref", "platform", "copyreg",
+    "zipimport", "pkgutil", "site", "sysconfig", "distutils", "setuptools", "pip", "commands", "popen2",
+})
+"""Modules whose globals can run code or touch the system; any use of one is refused."""
+
+_CODE_RUNNING_BUILTINS = frozenset({
+    "eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__", "globals", "locals", "vars",
+    "input", "breakpoint", "help", "exit", "quit", "memoryview",
+})
+
+
+def _refusal(action: str, name: str) -> UnsafeCheckpointError:
+    """The error for a pickle that reaches for code; :func:`load_pth` prefixes the file name."""
+    return UnsafeCheckpointError(f"its pickle {action} {name}, which could run code; only tensors and plain "
+                                 "containers are rebuilt (this loader never executes pickled code)")
+
+
+class _InertClass(type):
+    """Metaclass of the stand-ins for unknown globals.
+
+    Instantiating a stand-in the way pickle restores plain objects (NEWOBJ, which
+    calls ``cls.__new__(cls)``) yields an :class:`OpaqueObject`; calling it (REDUCE)
+    is refused, and so is setting its attributes (BUILD on the class itself).
+    """
+
+    module: str
+    qualname: str
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise _refusal("calls", f"{cls.module}.{cls.qualname}")
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise _refusal("modifies", f"{cls.module}.{cls.qualname}")
+
+    def __repr__(cls) -> str:
+        return f"<not imported: {cls.module}.{cls.qualname}>"
+
+
+def _inert_class(module: str, qualname: str) -> _InertClass:
+    def new(cls: _InertClass, *args: Any, **kwargs: Any) -> OpaqueObject:
+        return OpaqueObject(cls.module, cls.qualname)
+
+    namespace = {"module": module, "qualname": qualname, "__new__": new}
+    return _InertClass(qualname, (), namespace)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+_CORRUPTION_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                      AttributeError, struct.error, OverflowError, zipfile.BadZipFile, zlib.error,
+                      NotImplementedError, RuntimeError)  # the last two: unsupported compression, encryption
+"""What malformed pickle or zip data raises inside the stdlib; reported as CheckpointError."""
+
+
+class _Archive:
+    """The records of one checkpoint zip, found under its top-level directory (whatever its name)."""
+
+    def __init__(self, zf: zipfile.ZipFile) -> None:
+        self._zf = zf
+        names = zf.namelist()
+        pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if not pickles:
+            raise CheckpointError("a zip archive but not a PyTorch checkpoint (it has no <dir>/data.pkl)")
+        self._prefix = pickles[0][: -len("data.pkl")]
+        if self._prefix + "constants.pkl" in names:
+            raise CheckpointError("a TorchScript archive (torch.jit.save), not a checkpoint; "
+                                  "save its state_dict() with torch.save and load that")
+        self._storages: dict[str, bytes] = {}
+
+    def record(self, name: str) -> bytes:
+        try:
+            return self._zf.read(self._prefix + name)
+        except KeyError:
+            raise CheckpointError(f"record {self._prefix + name} is missing; "
+                                  "the file is truncated or corrupt") from None
+
+    def check_byteorder(self) -> None:
+        """Storages are read as little-endian; a file saved on a big-endian machine says so here and is refused."""
+        if self._prefix + "byteorder" in self._zf.namelist():
+            order = self.record("byteorder").decode("ascii", "replace")
+            if order != "little":
+                raise CheckpointError(f"tensors stored in {order!r} byte order; only "
+                                      "little-endian checkpoints are supported (re-save it on a little-endian machine)")
+
+    def storage(self, pid: Any) -> _Storage:
+        """Resolves a persistent id ``('storage', storage type, key, location, numel)``; shared keys read once."""
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _TorchDtype)
+                and isinstance(pid[2], str) and _is_int(pid[4]) and pid[4] >= 0):
+            raise CheckpointError(f"unsupported persistent id {pid!r:.100}")
+        _, storage_type, key, _location, numel = pid
+        if key not in self._storages:
+            self._storages[key] = self.record(f"data/{key}")
+        raw = self._storages[key]
+        dtype = storage_type.dtype.newbyteorder("<")
+        if numel * dtype.itemsize > len(raw):
+            raise CheckpointError(f"storage data/{key} has {len(raw)} bytes, fewer than its "
+                                  f"{numel} {storage_type.name} elements need; the file is truncated or corrupt")
+        return _Storage(np.frombuffer(raw, dtype, count=numel))
+
+    def pickle_bytes(self) -> bytes:
+        return self.record("data.pkl")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles ``data.pkl`` resolving globals only through :data:`_SAFE_GLOBALS` and inert stand-ins."""
+
+    def __init__(self, archive: _Archive) -> None:
+        super().__init__(io.BytesIO(archive.pickle_bytes()))
+        self._archive = archive
+        self._inert: dict[tuple[str, str], _InertClass] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = _MODULE_ALIASES.get(module, module)
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[module, name]
+        if module.split(".")[0] in _CODE_RUNNING_MODULES or (module == "builtins" and name in _CODE_RUNNING_BUILTINS):
+            raise _refusal("uses", f"{module}.{name}")
+        if (module, name) not in self._inert:
+            self._inert[module, name] = _inert_class(module, name)
+        return self._inert[module, name]
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        return self._archive.storage(pid)
+
+
+def _not_a_zip_message(source: str, head: bytes) -> str:
+    """Says what a file that is not a readable zip archive most likely is, and what to do about it."""
+    if not head:
+        return f"{source} is empty (0 bytes); it was probably not fully written or downloaded"
+    if head.startswith(b"PK"):
+        return f"{source} is a truncated or corrupt zip archive; download or save it again"
+    if head.startswith(b"\x80") or head[257:262] == b"ustar":
+        return (f"{source} is a legacy PyTorch checkpoint (the non-zip format of torch < 1.6), which this loader "
+                "does not read; re-save it with torch >= 1.6 (torch.save(torch.load(path), new_path), in an "
+                "environment you trust)")
+    return f"{source} is not a PyTorch checkpoint (torch >= 1.6 writes zip archives; this is not one)"
+
+
+def load_pth(path: str | os.PathLike) -> Any:
+    """Reads a ``.pth`` checkpoint into plain Python containers and numpy arrays, executing nothing.
+
+    Tensors become contiguous numpy arrays of the same dtype (bfloat16 as
+    ``ml_dtypes.bfloat16``); instances of unknown classes become
+    :class:`OpaqueObject`. Raises :class:`UnsafeCheckpointError` if the pickle
+    tries to run code, :class:`CheckpointError` for anything else it cannot read.
+    """
+    source = os.fspath(path)
+    with open(source, "rb") as f:
+        head = f.read(512)
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error):
+        raise CheckpointError(_not_a_zip_message(source, head)) from None
+    with zf:
+        try:
+            archive = _Archive(zf)
+            archive.check_byteorder()
+            return _RestrictedUnpickler(archive).load()
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(f"refusing to load {source}: {err}") from None
+        except CheckpointError as err:
+            raise CheckpointError(f"{source}: {err}") from None
+        except _CORRUPTION_ERRORS as err:
+            raise CheckpointError(f"{source} is corrupt or not a torch checkpoint: its data.pkl could not be "
+                                  f"read ({type(err).__name__}: {err})") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+_PREFIX = "archive/"
+_ALIGNMENT = 64
+"""torch 2.x starts every record's data at a multiple of 64 bytes (and writes ``.storage_alignment``)."""
+
+_PADDING_EXTRA_ID = 0x4246
+"""Zip "extra field" id ``'FB'``, which torch's writer pads local headers with to align record data."""
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _encode_int(value: int) -> bytes:
+    if 0 <= value < 1 << 8:
+        return b"K" + struct.pack("<B", value)
+    if 0 <= value < 1 << 16:
+        return b"M" + struct.pack("<H", value)
+    if -(1 << 31) <= value < 1 << 31:
+        return b"J" + struct.pack("<i", value)
+    raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    if len(raw) < 256:
+        return b"\x8a" + struct.pack("<B", len(raw)) + raw
+    return b"\x8b" + struct.pack("<i", len(raw)) + raw
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides in elements, computed as torch does (a 0-size dim counts as 1)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+class _PickleWriter:
+    """Emits the protocol-2 pickle ``torch.save`` writes for a tree of containers and arrays.
+
+    Written opcode by opcode because the stdlib pickler only writes a GLOBAL for a
+    name it can import, and this module must not import torch. No memo is used:
+    the unpickler does not need one.
+    """
+
+    def __init__(self) -> None:
+        self._out = bytearray()
+        self.storages: list[np.ndarray] = []
+
+    def dump(self, obj: Any) -> bytes:
+        self._out += b"\x80\x02"
+        self._write(obj)
+        self._out += b"."
+        return bytes(self._out)
+
+    def _write(self, obj: Any) -> None:
+        if obj is None:
+            self._out += b"N"
+        elif isinstance(obj, bool):
+            self._out += b"\x88" if obj else b"\x89"
+        elif isinstance(obj, int):
+            self._out += _encode_int(obj)
+        elif isinstance(obj, float):
+            self._out += b"G" + struct.pack(">d", obj)
+        elif isinstance(obj, str):
+            raw = obj.encode("utf-8", "surrogatepass")
+            self._out += b"X" + struct.pack("<I", len(raw)) + raw
+        elif isinstance(obj, np.ndarray):
+            self._write_tensor(obj)
+        elif isinstance(obj, OpaqueObject):
+            raise TypeError(f"save_pth cannot write an OpaqueObject ({obj.module}.{obj.qualname}); "
+                            "convert it to a dict first")
+        elif isinstance(obj, dict):
+            self._out += _global("collections", "OrderedDict") + b")R" if isinstance(obj, OrderedDict) else b"}"
+            self._write_marked([item for pair in obj.items() for item in pair], b"u")  # SETITEMS
+        elif isinstance(obj, list):
+            self._out += b"]"
+            self._write_marked(obj, b"e")  # APPENDS
+        elif isinstance(obj, tuple):
+            if obj:
+                self._write_marked(obj, b"t")  # TUPLE
+            else:
+                self._out += b")"
+        else:
+            raise TypeError(f"save_pth cannot write {type(obj).__name__}: only dicts, lists, tuples, numpy arrays, "
+                            "str, int, float, bool and None (use .item() for numpy scalars)")
+
+    def _write_marked(self, items: list | tuple, opcode: bytes) -> None:
+        """MARK, the items, then ``opcode``, which consumes everything back to the MARK; nothing if no items."""
+        if items:
+            self._out += b"("
+            for item in items:
+                self._write(item)
+            self._out += opcode
+
+    def _write_tensor(self, array: np.ndarray) -> None:
+        """``_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`` over a new storage record."""
+        storage_name = _STORAGE_BY_DTYPE.get(array.dtype.newbyteorder("="))
+        if storage_name is None:
+            raise TypeError(f"save_pth cannot write arrays of dtype {array.dtype}; supported: "
+                            + ", ".join(str(d) for d in _STORAGE_BY_DTYPE))
+        array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+        key = str(len(self.storages))
+        self.storages.append(array)
+        self._out += _global("torch._utils", "_rebuild_tensor_v2") + b"(("  # args tuple, then persistent id
+        self._write("storage")
+        self._out += _global("torch", storage_name)
+        self._write(key)
+        self._write("cpu")
+        self._write(array.size)
+        self._out += b"tQ"  # TUPLE, BINPERSID
+        self._write(0)
+        self._write(array.shape)
+        self._write(_contiguous_strides(array.shape))
+        self._write(False)
+        self._out += _global("collections", "OrderedDict") + b")R" + b"tR"
+
+
+def _write_record(zf: zipfile.ZipFile, f: io.BufferedWriter, name: str, payload: bytes | np.ndarray) -> None:
+    """Stores one record with its data aligned as torch aligns it (padding in the local header's extra field)."""
+    data = payload if isinstance(payload, bytes) else payload.reshape(-1).view(np.uint8)
+    zip64 = len(data) > zipfile.ZIP64_LIMIT  # zipfile then adds a 20-byte zip64 field to the local header
+    header_size = 30 + len(name.encode()) + 4 + (20 if zip64 else 0)
+    pad = -(f.tell() + header_size) % _ALIGNMENT
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.extra = struct.pack("<HH", _PADDING_EXTRA_ID, pad) + bytes(pad)
+    with zf.open(info, "w", force_zip64=zip64) as out:
+        out.write(data)
+
+
+def save_pth(obj: Any, path: str | os.PathLike) -> None:
+    """Writes ``obj`` (nested dicts/OrderedDicts/lists/tuples of numpy arrays and scalars) as torch 2.x would.
+
+    Arrays become tensors of the same dtype and shape (made contiguous, one storage
+    each); the file loads with ``torch.load(path, weights_only=True)``.
+    """
+    writer = _PickleWriter()
+    data_pkl = writer.dump(obj)
+    records: list[tuple[str, bytes | np.ndarray]] = [
+        ("data.pkl", data_pkl),
+        (".format_version", b"1"),
+        (".storage_alignment", str(_ALIGNMENT).encode()),
+        ("byteorder", b"little"),
+        *((f"data/{key}", array) for key, array in enumerate(writer.storages)),
+        ("version", b"3\n"),
+    ]
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for name, payload in records:
+            _write_record(zf, f, _PREFIX + name, payload)
