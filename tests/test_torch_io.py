@@ -123,10 +123,22 @@ def test_malicious_fixture_is_refused_without_running_it():
     (b"\x80\x02c__builtin__\neval\nX\x01\x00\x00\x00a\x85R.", "builtins.eval"),
     (b"\x80\x04\x8c\x02os\x8c\x06system\x93.", "os.system"),  # protocol 4 STACK_GLOBAL, not even called
     (b"(S'echo'\nisubprocess\ncall\n.", "subprocess.call"),  # protocol 0 INST
+    # getattr on something real (here an allowed container type) could reach code
+    (b"\x80\x02c__builtin__\ngetattr\nccollections\nOrderedDict\nX\x03\x00\x00\x00pop\x86R.",
+     "builtins.getattr"),
 ])
 def test_code_calling_pickles_are_refused(tmp_path, data_pkl, name):
     with pytest.raises(UnsafeCheckpointError, match=name.replace(".", r"\.")):
         load_pth(zip_with_pickle(tmp_path / "bad.pth", data_pkl))
+
+
+@pytest.mark.parametrize("name", ["upernet_mmseg/upernet_tiny.pth", "maskrcnn_mmdet/maskrcnn_tiny.pth"])
+def test_mmengine_checkpoints_load_with_inert_message_hub(name):
+    """mmengine pickles HistoryBuffer objects and getattr(HistoryBuffer, 'min'); both stay inert."""
+    ckpt = load_pth(FIXTURES.parent / name)
+    assert all(isinstance(v, np.ndarray) for v in ckpt["state_dict"].values())
+    buffers = ckpt["message_hub"]["log_scalars"]
+    assert buffers and all(isinstance(b, OpaqueObject) and b.qualname == "HistoryBuffer" for b in buffers.values())
 
 
 def test_unknown_classes_become_inert(tmp_path):

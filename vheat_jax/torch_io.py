@@ -344,6 +344,18 @@ def _inert_class(module: str, qualname: str) -> _InertClass:
     return _InertClass(qualname, (), namespace)
 
 
+def _inert_getattr(obj: Any, name: Any) -> _InertClass:
+    """``getattr`` restricted to stand-ins: names an attribute of a class that is never imported.
+
+    mmengine checkpoints pickle bound methods such as ``getattr(HistoryBuffer, 'min')``
+    (in their ``message_hub``); the result is another inert stand-in. On anything
+    real (an allowed function, a container) getattr could reach code, so it is refused.
+    """
+    if not isinstance(obj, _InertClass) or not isinstance(name, str):
+        raise _refusal("calls", f"builtins.getattr on {type(obj).__name__}")
+    return _inert_class(obj.module, f"{obj.qualname}.{name}")
+
+
 # ---------------------------------------------------------------------------------------------
 # reading
 
@@ -414,6 +426,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         module = _MODULE_ALIASES.get(module, module)
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[module, name]
+        if (module, name) == ("builtins", "getattr"):
+            return _inert_getattr
         if module.split(".")[0] in _CODE_RUNNING_MODULES or (module == "builtins" and name in _CODE_RUNNING_BUILTINS):
             raise _refusal("uses", f"{module}.{name}")
         if (module, name) not in self._inert:
