@@ -112,3 +112,28 @@ def test_rejects_non_nhwc_input():
     model = tiny_model()
     with pytest.raises(ValueError, match="NHWC"):
         model.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)))
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (10, 12), (1, 5)])
+def test_hco_forms_compute_the_same_map(hw):
+    from vheat_jax.heat import HCO_FORMS, heat_diffuse
+
+    x = jax.random.normal(jax.random.key(0), (2, *hw, 6))
+    decay = jax.random.uniform(jax.random.key(1), (*hw, 6))
+    reference = heat_diffuse(x, decay, "einsum")
+    # Without decay the DCT round trip is the identity (orthonormal basis).
+    np.testing.assert_allclose(heat_diffuse(x, jnp.ones_like(decay), "einsum"), x, atol=1e-5)
+    for form in [*HCO_FORMS, "auto"]:
+        np.testing.assert_allclose(heat_diffuse(x, decay, form), reference, atol=1e-5, err_msg=form)
+
+
+def test_depthwise_conv_equals_grouped_conv():
+    from flax import linen as nn
+
+    from vheat_jax.heat import DepthwiseConv3x3
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 5))
+    variables = DepthwiseConv3x3().init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero bias
+    grouped = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=5)
+    np.testing.assert_allclose(DepthwiseConv3x3().apply(variables, x), grouped.apply(variables, x), atol=1e-5)

@@ -89,11 +89,12 @@ class HeatBlock(nn.Module):
     layer_scale: float | None = None
     mlp_ratio: float = 4.0
     infer_mode: bool = False
+    hco_form: str = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, freq_embed: jax.Array | None, train: bool) -> jax.Array:
-        op = HeatConduction(self.dim, self.res, self.infer_mode, self.dtype, name="op")
+        op = HeatConduction(self.dim, self.res, self.infer_mode, self.hco_form, self.dtype, name="op")
         mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name="mlp")
         norm1 = LayerNorm(dtype=self.dtype, name="norm1")
         norm2 = LayerNorm(dtype=self.dtype, name="norm2")
@@ -131,6 +132,7 @@ class HeatStage(nn.Module):
     mlp_ratio: float = 4.0
     infer_mode: bool = False
     remat: bool = False
+    hco_form: str = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -139,8 +141,9 @@ class HeatStage(nn.Module):
         block_cls = nn.remat(HeatBlock, static_argnums=(3,)) if self.remat else HeatBlock
         for j in range(self.depth):
             x = block_cls(
-                self.dim, self.res, self.drop_paths[j], self.post_norm, self.layer_scale,
-                self.mlp_ratio, self.infer_mode, self.dtype, name=f"blocks_{j}",
+                dim=self.dim, res=self.res, drop_path=self.drop_paths[j], post_norm=self.post_norm,
+                layer_scale=self.layer_scale, mlp_ratio=self.mlp_ratio, infer_mode=self.infer_mode,
+                hco_form=self.hco_form, dtype=self.dtype, name=f"blocks_{j}",
             )(x, freq_embed, train)
         if not self.downsample:
             return x, x
@@ -161,6 +164,7 @@ class _VHeatEncoder(nn.Module):
     mlp_ratio: float = 4.0
     infer_mode: bool = False
     remat: bool = False
+    hco_form: str = "auto"  # see vheat_jax.heat.HCO_FORMS; all forms give the same outputs
     dtype: jnp.dtype = jnp.float32
 
     def _stage_outputs(self, images: jax.Array, train: bool) -> list[jax.Array]:
@@ -186,9 +190,10 @@ class _VHeatEncoder(nn.Module):
                     freq_embed = resize_bicubic_hw(freq_embed, x.shape[1:3])
             first = sum(self.depths[:i])
             stage_out, x = HeatStage(
-                dim, depth, res, tuple(rates[first:first + depth]), i < len(self.depths) - 1,
-                self.post_norm, self.layer_scale, self.mlp_ratio, self.infer_mode, self.remat,
-                self.dtype, name=f"layers_{i}",
+                dim=dim, depth=depth, res=res, drop_paths=tuple(rates[first:first + depth]),
+                downsample=i < len(self.depths) - 1, post_norm=self.post_norm, layer_scale=self.layer_scale,
+                mlp_ratio=self.mlp_ratio, infer_mode=self.infer_mode, remat=self.remat,
+                hco_form=self.hco_form, dtype=self.dtype, name=f"layers_{i}",
             )(x, freq_embed, train)
             outputs.append(stage_out)
         return outputs
