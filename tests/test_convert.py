@@ -168,3 +168,14 @@ def test_export_of_inference_form_matches_official_infer_keys(vheat_fixtures, tm
     again_arch, again = vheat_jax.params_from_torch(tmp_path / "infer.pth", post_norm=False)
     assert again_arch.infer_mode
     jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, infer_params))
+
+
+def test_wrapped_state_dict_keys_are_unwrapped(vheat_fixtures, tmp_path):
+    """A state dict saved from a DDP/EMA wrapper (keys under 'module.') loads like the plain one."""
+    from vheat_jax.torch_io import save_pth
+
+    state_dict = official_state_dict(vheat_fixtures / "tiny_prenorm.pth")
+    save_pth({"model": {f"module.{k}": v for k, v in state_dict.items()}}, tmp_path / "wrapped.pth")
+    arch, params = vheat_jax.params_from_torch(tmp_path / "wrapped.pth", post_norm=False)
+    _, reference = vheat_jax.params_from_torch(vheat_fixtures / "tiny_prenorm.pth")
+    jax.tree.map(np.testing.assert_array_equal, params, reference)

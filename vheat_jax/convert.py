@@ -31,10 +31,17 @@ BACKBONE_PREFIX = "backbone."
 ARCH_FILE = "vheat_arch.json"
 
 
+WRAPPER_PREFIX = "module."  # DistributedDataParallel / EMA wrappers save keys under .module
+
+
 def _numpy_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, np.ndarray]:
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict, found {type(state_dict).__name__}")
     bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
     if bad:
-        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(bad[:8])}")
+        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(map(str, bad[:8]))}")
+    if state_dict and all(k.startswith(WRAPPER_PREFIX) for k in state_dict):
+        return {k[len(WRAPPER_PREFIX):]: v for k, v in state_dict.items()}
     return dict(state_dict)
 
 
