@@ -1,0 +1,67 @@
+"""``eval.py``: top-1/top-5 of a trained or converted vHeat, or its throughput.
+
+    python eval.py --config configs/vheat_t.py --checkpoint vHeat_tiny.pth --config.data_dir=/data/imagenet
+    python eval.py --config configs/vheat_t.py --checkpoint WORKDIR --ema     # a trainer workdir
+    python eval.py --config configs/vheat_t.py --checkpoint vHeat_tiny.pth --throughput --batch_size=128
+
+Accuracy: the config gives the data (dataset, data_dir, eval_split, image_size,
+crop_pct, eval_batch_size); the weights give the architecture (for a workdir,
+the config's model). The inference form (decay folded into k_exp) is used
+unless --form=train. Prints one JSON object and writes it to --out if given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", "configs/vheat_t.py", "Config file (path[:argument]): data and model.")
+flags.DEFINE_string("checkpoint", None, "Trainer workdir, convert_torch.py output (dir or .msgpack), or official .pth.")
+flags.DEFINE_bool("ema", False, "Evaluate the EMA weights (workdir: ema_params; .pth: model_ema).")
+flags.DEFINE_enum("post_norm", "auto", ["auto", "true", "false"], "Pre/post-norm when the checkpoint has no config.")
+flags.DEFINE_enum("form", "infer", ["infer", "train"], "Inference form (k_exp constants) or training form.")
+flags.DEFINE_bool("throughput", False, "Measure images/s on a fixed random batch instead of accuracy.")
+flags.DEFINE_integer("batch_size", 64, "Batch for --throughput.")
+flags.DEFINE_integer("img_size", None, "Input size (default: config.image_size).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (parameters stay float32).")
+flags.DEFINE_integer("warmup", 3, "Warm-up iterations for --throughput.")
+flags.DEFINE_integer("iters", 10, "Timed iterations for --throughput (the median is reported).")
+flags.DEFINE_string("out", None, "Also write the JSON result to this file.")
+flags.DEFINE_string("workdir", "/tmp/vheat_eval", "Where data sets that are materialised on demand (digits) go.")
+flags.mark_flags_as_required(["checkpoint"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from vheat_jax import evaluate  # after flag parsing, as train.py
+
+    FLAGS = flags.FLAGS
+    config = FLAGS.config
+    img_size = FLAGS.img_size or config.image_size
+    post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]
+    arch, params, source = evaluate.load_for_eval(FLAGS.checkpoint, config, ema=FLAGS.ema, post_norm=post_norm)
+    model, params = evaluate.prepare_model(arch, params, form=FLAGS.form, img_size=img_size,
+                                           dtype=jnp.dtype(FLAGS.dtype))
+    result = {"checkpoint": source, "form": FLAGS.form, "img_size": img_size, "dtype": FLAGS.dtype,
+              **evaluate.model_cost(model, params, img_size)}
+    if FLAGS.throughput:
+        result.update(batch_size=FLAGS.batch_size, **evaluate.throughput(
+            model, params, batch=FLAGS.batch_size, img_size=img_size, warmup=FLAGS.warmup, iters=FLAGS.iters))
+    else:
+        if img_size != config.image_size:
+            config.unlock().image_size = img_size
+        result.update(evaluate.accuracy(model, params, config, Path(FLAGS.workdir)))
+    text = json.dumps(result)
+    logging.info("result: %s", text)
+    print(text, flush=True)
+    if FLAGS.out:
+        Path(FLAGS.out).write_text(text + "\n")
+
+
+def run() -> None:
+    app.run(main)
