@@ -12,8 +12,15 @@ from vheat_jax.data.sources import ImageFolderSource, TfdsSource, make_source
 from vheat_jax.data.transforms import EvalTransform, TrainTransform
 
 __all__ = [
-    "EvalTransform", "ImageFolderSource", "Mixup", "TfdsSource",
-    "TrainTransform", "create_eval_loader", "create_train_loader",
-    "ensure_digits_image_folder", "make_source", "num_corrupt",
+    "EvalTransform",
+    "ImageFolderSource",
+    "Mixup",
+    "TfdsSource",
+    "TrainTransform",
+    "create_eval_loader",
+    "create_train_loader",
+    "ensure_digits_image_folder",
+    "make_source",
+    "num_corrupt",
     "num_eval_batches",
 ]

@@ -39,183 +39,186 @@ _SHUFFLE, _AUGMENT, _MIX = 1, 2, 3
 
 
 def _derive_seed(*parts: int) -> int:
-  """A 32-bit seed from integer parts (numpy SeedSequence hashing)."""
-  return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+    """A 32-bit seed from integer parts (numpy SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 def _ensure_absl_flags_parsed() -> None:
-  """grain reads absl flags (also in its worker processes); a program that
-  never called ``absl.app.run`` would fail with UnparsedFlagAccessError."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+    """grain reads absl flags (also in its worker processes); a program that
+    never called ``absl.app.run`` would fail with UnparsedFlagAccessError."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _local_batch(global_batch: int, process_count: int, what: str) -> int:
-  if process_count < 1:
-    raise ValueError(f"process_count must be >= 1, got {process_count}")
-  if global_batch <= 0 or global_batch % process_count:
-    raise ValueError(
-        f"{what}={global_batch} must be a positive multiple of process_count="
-        f"{process_count} (each process loads {what} // process_count).")
-  return global_batch // process_count
+    if process_count < 1:
+        raise ValueError(f"process_count must be >= 1, got {process_count}")
+    if global_batch <= 0 or global_batch % process_count:
+        raise ValueError(
+            f"{what}={global_batch} must be a positive multiple of process_count="
+            f"{process_count} (each process loads {what} // process_count)."
+        )
+    return global_batch // process_count
 
 
 def _check_process(process_index: int, process_count: int) -> None:
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in "
-                     f"[0, {process_count})")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
 
 
 def _check_classes(source, num_classes: int) -> None:
-  classes = getattr(source, "classes", None)
-  if classes is not None and len(classes) > num_classes:
-    raise ValueError(f"Dataset has {len(classes)} classes but "
-                     f"config.num_classes={num_classes}")
+    classes = getattr(source, "classes", None)
+    if classes is not None and len(classes) > num_classes:
+        raise ValueError(f"Dataset has {len(classes)} classes but config.num_classes={num_classes}")
 
 
 def _finish(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-  _ensure_absl_flags_parsed()
-  it = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES))
-  if num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(num_workers),
-        per_worker_buffer_size=_WORKER_BUFFER_BATCHES))
-  return it
+    _ensure_absl_flags_parsed()
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
+    )
+    if num_workers > 0:
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=int(num_workers), per_worker_buffer_size=_WORKER_BUFFER_BATCHES
+            )
+        )
+    return it
 
 
 def make_mixup(config) -> mixup_lib.Mixup:
-  aug = config.aug
-  return mixup_lib.Mixup(
-      mixup_alpha=aug.get("mixup", 0.0), cutmix_alpha=aug.get("cutmix", 0.0),
-      prob=aug.get("mixup_prob", 1.0),
-      switch_prob=aug.get("mixup_switch_prob", 0.5),
-      label_smoothing=aug.get("label_smoothing", 0.0),
-      num_classes=config.num_classes, mode=aug.get("mixup_mode", "batch"))
+    aug = config.aug
+    return mixup_lib.Mixup(
+        mixup_alpha=aug.get("mixup", 0.0),
+        cutmix_alpha=aug.get("cutmix", 0.0),
+        prob=aug.get("mixup_prob", 1.0),
+        switch_prob=aug.get("mixup_switch_prob", 0.5),
+        label_smoothing=aug.get("label_smoothing", 0.0),
+        num_classes=config.num_classes,
+        mode=aug.get("mixup_mode", "batch"),
+    )
 
 
 class TrainBatchTransform(grain.transforms.MapWithIndex):
-  """Per-batch step: corrupt-image substitution, mixup/cutmix, soft labels.
+    """Per-batch step: corrupt-image substitution, mixup/cutmix, soft labels.
 
-  Rows whose image could not be decoded (valid == 0) get a copy of a valid row
-  of the same batch (image and label) so they do not pollute their mixup
-  partner; they keep valid == 0, so the trainer can count them
-  (``num_corrupt(batch)``) and mask them out of the loss.
-  """
+    Rows whose image could not be decoded (valid == 0) get a copy of a valid row
+    of the same batch (image and label) so they do not pollute their mixup
+    partner; they keep valid == 0, so the trainer can count them
+    (``num_corrupt(batch)``) and mask them out of the loss.
+    """
 
-  def __init__(self, mixup: mixup_lib.Mixup, seed: int, process_index: int):
-    self.mixup = mixup
-    self.seed = int(seed)
-    self.process_index = int(process_index)
+    def __init__(self, mixup: mixup_lib.Mixup, seed: int, process_index: int):
+        self.mixup = mixup
+        self.seed = int(seed)
+        self.process_index = int(process_index)
 
-  def batch_rng(self, batch_index: int) -> np.random.Generator:
-    return np.random.default_rng(
-        [self.seed, self.process_index, int(batch_index), _MIX])
+    def batch_rng(self, batch_index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.process_index, int(batch_index), _MIX])
 
-  def map_with_index(self, index: int, element: dict) -> dict:
-    images, labels, valid = element["image"], element["label"], element["valid"]
-    bad = np.flatnonzero(valid == 0)
-    if 0 < len(bad) < len(valid):
-      good = np.flatnonzero(valid > 0)
-      src = good[np.arange(len(bad)) % len(good)]
-      images = images.copy()
-      labels = labels.copy()
-      images[bad] = images[src]
-      labels[bad] = labels[src]
-    images, targets, _ = self.mixup(images, labels, self.batch_rng(index))
-    return {"image": images.astype(np.float32, copy=False),
+    def map_with_index(self, index: int, element: dict) -> dict:
+        images, labels, valid = element["image"], element["label"], element["valid"]
+        bad = np.flatnonzero(valid == 0)
+        if 0 < len(bad) < len(valid):
+            good = np.flatnonzero(valid > 0)
+            src = good[np.arange(len(bad)) % len(good)]
+            images = images.copy()
+            labels = labels.copy()
+            images[bad] = images[src]
+            labels[bad] = labels[src]
+        images, targets, _ = self.mixup(images, labels, self.batch_rng(index))
+        return {
+            "image": images.astype(np.float32, copy=False),
             "label": targets.astype(np.float32, copy=False),
-            "valid": valid.astype(np.float32, copy=False)}
+            "valid": valid.astype(np.float32, copy=False),
+        }
 
 
-def create_train_loader(config, *, process_index: int, process_count: int,
-                        seed: int | None = None) -> grain.IterDataset:
-  """Infinite, per-epoch-reshuffled training stream for this process.
+def create_train_loader(
+    config, *, process_index: int, process_count: int, seed: int | None = None
+) -> grain.IterDataset:
+    """Infinite, per-epoch-reshuffled training stream for this process.
 
-  Yields {"image": float32 (B, S, S, 3), "label": float32 (B, K) soft targets,
-  "valid": float32 (B,)} with B = config.global_batch_size // process_count.
-  """
-  _check_process(process_index, process_count)
-  seed = int(config.seed if seed is None else seed)
-  local_batch = _local_batch(config.global_batch_size, process_count,
-                             "global_batch_size")
-  source = sources_lib.make_source(config, config.train_split)
-  _check_classes(source, config.num_classes)
-  mix = make_mixup(config)
-  if mix.active and local_batch % 2:
-    raise ValueError(f"mixup/cutmix needs an even local batch, got "
-                     f"{local_batch}")
+    Yields {"image": float32 (B, S, S, 3), "label": float32 (B, K) soft targets,
+    "valid": float32 (B,)} with B = config.global_batch_size // process_count.
+    """
+    _check_process(process_index, process_count)
+    seed = int(config.seed if seed is None else seed)
+    local_batch = _local_batch(config.global_batch_size, process_count, "global_batch_size")
+    source = sources_lib.make_source(config, config.train_split)
+    _check_classes(source, config.num_classes)
+    mix = make_mixup(config)
+    if mix.active and local_batch % 2:
+        raise ValueError(f"mixup/cutmix needs an even local batch, got {local_batch}")
 
-  ds = grain.MapDataset.source(source)
-  # Same global permutation on every process, a new one each epoch (grain's
-  # shuffle reseeds with seed + epoch for indices beyond one epoch).
-  ds = ds.shuffle(seed=_derive_seed(seed, _SHUFFLE)).repeat()
-  ds = ds[process_index::process_count]
-  ds = ds.random_map(tf_lib.TrainTransform(config.image_size, config.aug),
-                     seed=_derive_seed(seed, process_index, _AUGMENT))
-  ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.map_with_index(TrainBatchTransform(mix, seed, process_index))
-  return _finish(ds, config.get("num_workers", 0))
+    ds = grain.MapDataset.source(source)
+    # Same global permutation on every process, a new one each epoch (grain's
+    # shuffle reseeds with seed + epoch for indices beyond one epoch).
+    ds = ds.shuffle(seed=_derive_seed(seed, _SHUFFLE)).repeat()
+    ds = ds[process_index::process_count]
+    ds = ds.random_map(
+        tf_lib.TrainTransform(config.image_size, config.aug), seed=_derive_seed(seed, process_index, _AUGMENT)
+    )
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.map_with_index(TrainBatchTransform(mix, seed, process_index))
+    return _finish(ds, config.get("num_workers", 0))
 
 
 class _EvalShard:
-  """Process shard [start, end) of ``source`` padded to ``length`` items."""
+    """Process shard [start, end) of ``source`` padded to ``length`` items."""
 
-  def __init__(self, source, start: int, end: int, length: int):
-    self.source, self.start, self.end, self.length = source, start, end, length
+    def __init__(self, source, start: int, end: int, length: int):
+        self.source, self.start, self.end, self.length = source, start, end, length
 
-  def __len__(self) -> int:
-    return self.length
+    def __len__(self) -> int:
+        return self.length
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    j = self.start + int(i)
-    if j < self.end:
-      return self.source[j]
-    return {"pad": True}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = self.start + int(i)
+        if j < self.end:
+            return self.source[j]
+        return {"pad": True}
 
-  def __repr__(self) -> str:
-    return (f"_EvalShard({self.source!r}, start={self.start}, end={self.end},"
-            f" length={self.length})")
-
-
-def eval_shard_bounds(num_examples: int, process_index: int,
-                      process_count: int) -> tuple[int, int]:
-  """Contiguous, near-even split: sizes differ by at most one."""
-  return (process_index * num_examples // process_count,
-          (process_index + 1) * num_examples // process_count)
+    def __repr__(self) -> str:
+        return f"_EvalShard({self.source!r}, start={self.start}, end={self.end}, length={self.length})"
 
 
-def num_eval_batches(num_examples: int, local_batch: int,
-                     process_count: int) -> int:
-  """Batches every process yields (the largest shard, rounded up)."""
-  return max(1, math.ceil(math.ceil(num_examples / process_count) / local_batch))
+def eval_shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """Contiguous, near-even split: sizes differ by at most one."""
+    return (
+        process_index * num_examples // process_count,
+        (process_index + 1) * num_examples // process_count,
+    )
 
 
-def create_eval_loader(config, *, process_index: int,
-                       process_count: int) -> grain.IterDataset:
-  """One pass over the eval split, fixed order, padded per process.
+def num_eval_batches(num_examples: int, local_batch: int, process_count: int) -> int:
+    """Batches every process yields (the largest shard, rounded up)."""
+    return max(1, math.ceil(math.ceil(num_examples / process_count) / local_batch))
 
-  Yields {"image": float32 (B, S, S, 3), "label": int32 (B,), "mask": float32
-  (B,)} with B = config.eval_batch_size // process_count; every process
-  yields ``num_eval_batches(...)`` batches; mask is 0 for padding (and for
-  undecodable images).
-  """
-  _check_process(process_index, process_count)
-  local_batch = _local_batch(config.eval_batch_size, process_count,
-                             "eval_batch_size")
-  source = sources_lib.make_source(config, config.eval_split)
-  _check_classes(source, config.num_classes)
-  n = len(source)
-  start, end = eval_shard_bounds(n, process_index, process_count)
-  length = num_eval_batches(n, local_batch, process_count) * local_batch
-  ds = grain.MapDataset.source(_EvalShard(source, start, end, length))
-  ds = ds.map(tf_lib.EvalTransform(config.image_size,
-                                   config.aug.get("crop_pct", 0.875)))
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return _finish(ds, config.get("num_workers", 0))
+
+def create_eval_loader(config, *, process_index: int, process_count: int) -> grain.IterDataset:
+    """One pass over the eval split, fixed order, padded per process.
+
+    Yields {"image": float32 (B, S, S, 3), "label": int32 (B,), "mask": float32
+    (B,)} with B = config.eval_batch_size // process_count; every process
+    yields ``num_eval_batches(...)`` batches; mask is 0 for padding (and for
+    undecodable images).
+    """
+    _check_process(process_index, process_count)
+    local_batch = _local_batch(config.eval_batch_size, process_count, "eval_batch_size")
+    source = sources_lib.make_source(config, config.eval_split)
+    _check_classes(source, config.num_classes)
+    n = len(source)
+    start, end = eval_shard_bounds(n, process_index, process_count)
+    length = num_eval_batches(n, local_batch, process_count) * local_batch
+    ds = grain.MapDataset.source(_EvalShard(source, start, end, length))
+    ds = ds.map(tf_lib.EvalTransform(config.image_size, config.aug.get("crop_pct", 0.875)))
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return _finish(ds, config.get("num_workers", 0))
 
 
 def num_corrupt(batch) -> int:
-  """Number of undecodable images in a train batch (rows with valid == 0)."""
-  return int(np.sum(np.asarray(batch["valid"]) == 0))
+    """Number of undecodable images in a train batch (rows with valid == 0)."""
+    return int(np.sum(np.asarray(batch["valid"]) == 0))

@@ -16,109 +16,124 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 class ImageFolderSource:
-  """ImageNet-style folder ``root/<split>/<class>/*.{JPEG,jpg,jpeg,png}``.
+    """ImageNet-style folder ``root/<split>/<class>/*.{JPEG,jpg,jpeg,png}``.
 
-  Classes are the sorted sub-directory names (label = position in that list,
-  as torchvision's ImageFolder); files within a class are sorted by name.
-  Returns raw encoded bytes (decoding happens in the transform).
-  """
+    Classes are the sorted sub-directory names (label = position in that list,
+    as torchvision's ImageFolder); files within a class are sorted by name.
+    Returns raw encoded bytes (decoding happens in the transform).
+    """
 
-  def __init__(self, root: str | os.PathLike, split: str):
-    self.root = Path(root)
-    self.split = split
-    split_dir = self.root / split
-    if not split_dir.is_dir():
-      raise FileNotFoundError(f"Image folder split not found: {split_dir}")
-    self.classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
-    if not self.classes:
-      raise FileNotFoundError(f"No class directories in {split_dir}")
-    self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-    files, labels = [], []
-    for c in self.classes:
-      names = sorted(
-          e.name for e in os.scandir(split_dir / c)
-          if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-      files.extend(f"{c}/{n}" for n in names)
-      labels.extend([self.class_to_idx[c]] * len(names))
-    if not files:
-      raise FileNotFoundError(f"No images found under {split_dir}")
-    self.files = files
-    self.labels = labels
+    def __init__(self, root: str | os.PathLike, split: str):
+        self.root = Path(root)
+        self.split = split
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"Image folder split not found: {split_dir}")
+        self.classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
+        if not self.classes:
+            raise FileNotFoundError(f"No class directories in {split_dir}")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        files, labels = [], []
+        for c in self.classes:
+            names = sorted(
+                e.name
+                for e in os.scandir(split_dir / c)
+                if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            files.extend(f"{c}/{n}" for n in names)
+            labels.extend([self.class_to_idx[c]] * len(names))
+        if not files:
+            raise FileNotFoundError(f"No images found under {split_dir}")
+        self.files = files
+        self.labels = labels
 
-  def __len__(self) -> int:
-    return len(self.files)
+    def __len__(self) -> int:
+        return len(self.files)
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    path = self.root / self.split / self.files[index]
-    try:
-      data = path.read_bytes()
-    except OSError:
-      data = b""  # unreadable file -> treated as corrupt by the transform
-    return {"image": data, "label": self.labels[index], "name": str(path)}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.root / self.split / self.files[index]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""  # unreadable file -> treated as corrupt by the transform
+        return {"image": data, "label": self.labels[index], "name": str(path)}
 
-  def __repr__(self) -> str:
-    return (f"ImageFolderSource(root={str(self.root)!r}, split={self.split!r},"
-            f" n={len(self)})")
+    def __repr__(self) -> str:
+        return f"ImageFolderSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
 
 
 class TfdsSource:
-  """``tfds.data_source`` (array_record) with the image left *encoded*.
+    """``tfds.data_source`` (array_record) with the image left *encoded*.
 
-  Uses ``decoders={"image": tfds.decode.SkipDecoding()}`` so the TF-free numpy
-  path returns the JPEG bytes and decoding happens in our transform (so
-  corrupt images are caught and counted like for folders).  If a dataset's
-  image comes back already decoded (uint8 array), that is accepted as well.
-  """
+    Uses ``decoders={"image": tfds.decode.SkipDecoding()}`` so the TF-free numpy
+    path returns the JPEG bytes and decoding happens in our transform (so
+    corrupt images are caught and counted like for folders).  If a dataset's
+    image comes back already decoded (uint8 array), that is accepted as well.
+    """
 
-  def __init__(self, name: str, split: str, data_dir: str | None = None,
-               image_key: str = "image", label_key: str = "label"):
-    self.name = name
-    self.split = split
-    self.data_dir = None if data_dir is None else str(data_dir)
-    self.image_key = image_key
-    self.label_key = label_key
-    self._ds = None
-    self._len = len(self._source())
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        data_dir: str | None = None,
+        image_key: str = "image",
+        label_key: str = "label",
+    ):
+        self.name = name
+        self.split = split
+        self.data_dir = None if data_dir is None else str(data_dir)
+        self.image_key = image_key
+        self.label_key = label_key
+        self._ds = None
+        self._len = len(self._source())
 
-  def _source(self):
-    if self._ds is None:
-      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-      self._ds = tfds.data_source(
-          self.name, split=self.split, data_dir=self.data_dir, download=False,
-          decoders={self.image_key: tfds.decode.SkipDecoding()})
-    return self._ds
+    def _source(self):
+        if self._ds is None:
+            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  def __getstate__(self):
-    state = self.__dict__.copy()
-    state["_ds"] = None  # reopened lazily in each worker process
-    return state
+            self._ds = tfds.data_source(
+                self.name,
+                split=self.split,
+                data_dir=self.data_dir,
+                download=False,
+                decoders={self.image_key: tfds.decode.SkipDecoding()},
+            )
+        return self._ds
 
-  def __len__(self) -> int:
-    return self._len
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_ds"] = None  # reopened lazily in each worker process
+        return state
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    ex = self._source()[int(index)]
-    name = ex.get("file_name", None)
-    if isinstance(name, bytes):
-      name = name.decode("utf-8", "replace")
-    return {"image": ex[self.image_key], "label": int(ex[self.label_key]),
-            "name": f"{self.name}/{self.split}[{index}]"
-                    + (f" ({name})" if name else "")}
+    def __len__(self) -> int:
+        return self._len
 
-  def __repr__(self) -> str:
-    return (f"TfdsSource(name={self.name!r}, split={self.split!r}, "
-            f"data_dir={self.data_dir!r}, n={len(self)})")
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self._source()[int(index)]
+        name = ex.get("file_name", None)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return {
+            "image": ex[self.image_key],
+            "label": int(ex[self.label_key]),
+            "name": f"{self.name}/{self.split}[{index}]" + (f" ({name})" if name else ""),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"TfdsSource(name={self.name!r}, split={self.split!r}, data_dir={self.data_dir!r}, n={len(self)})"
+        )
 
 
 def make_source(config, split: str):
-  """Builds the source for ``config.dataset`` in {imagefolder, tfds, digits}."""
-  kind = config.dataset
-  if kind == "imagefolder":
-    return ImageFolderSource(config.data_dir, split)
-  if kind == "digits":
-    from vheat_jax.data.digits import ensure_digits_image_folder  # pylint: disable=import-outside-toplevel
-    return ImageFolderSource(ensure_digits_image_folder(config.data_dir), split)
-  if kind == "tfds":
-    return TfdsSource(config.tfds_name, split, config.get("data_dir", None) or None)
-  raise ValueError(f"Unknown config.dataset {kind!r}; expected 'imagefolder', "
-                   "'tfds' or 'digits'")
+    """Builds the source for ``config.dataset`` in {imagefolder, tfds, digits}."""
+    kind = config.dataset
+    if kind == "imagefolder":
+        return ImageFolderSource(config.data_dir, split)
+    if kind == "digits":
+        from vheat_jax.data.digits import ensure_digits_image_folder  # pylint: disable=import-outside-toplevel
+
+        return ImageFolderSource(ensure_digits_image_folder(config.data_dir), split)
+    if kind == "tfds":
+        return TfdsSource(config.tfds_name, split, config.get("data_dir", None) or None)
+    raise ValueError(f"Unknown config.dataset {kind!r}; expected 'imagefolder', 'tfds' or 'digits'")
