@@ -1,0 +1,104 @@
+"""Every field the trainer reads, with the official vHeat ImageNet-1k recipe as defaults.
+
+The recipe is the official ``classification/configs`` of vHeat (which follow the
+Swin Transformer trainer): 300 epochs, 20 warm-up epochs, AdamW (0.9, 0.999,
+eps 1e-8), base lr 5e-4 / warm-up lr 5e-7 / min lr 5e-6 per 512 images (scaled
+linearly with the global batch), cosine decay per step, weight decay 0.08,
+gradient clipping at global norm 5, label smoothing 0.1, RandAugment
+``rand-m9-mstd0.5-inc1``, mixup 0.8 / cutmix 1.0, random erasing 0.25, EMA
+0.9999, global batch 2048 at 224 px. Config files (``configs/*.py``) start from
+:func:`default_config` and change what differs.
+
+Durations can be given in epochs or steps: for ``num``, ``warmup`` and
+``eval_every``, a ``*_steps`` value, when set, wins over ``*_epochs``; epochs
+are turned into steps at run time from the size of the training split.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # --- Data (the names vheat_jax.data reads) ---
+    config.dataset = "imagefolder"  # "imagefolder" | "tfds" | "digits"
+    config.data_dir = config_dict.placeholder(str)
+    config.tfds_name = "imagenet2012"
+    config.train_split = "train"
+    config.eval_split = "val"
+    config.num_classes = 1000
+    config.image_size = 224
+    # Images per optimizer update, summed over all processes and accumulation steps.
+    config.global_batch_size = 2048
+    config.eval_batch_size = 1024
+    config.num_workers = 8  # grain worker processes per host
+    config.seed = 0
+    config.aug = ml_collections.ConfigDict(
+        dict(
+            random_resized_crop=True,
+            hflip=True,
+            randaug="rand-m9-mstd0.5-inc1",
+            color_jitter=0.4,  # ignored by the pipeline while randaug is on (as timm)
+            reprob=0.25,
+            remode="pixel",
+            mixup=0.8,
+            cutmix=1.0,
+            mixup_prob=1.0,
+            mixup_switch_prob=0.5,
+            mixup_mode="batch",
+            label_smoothing=0.1,
+            crop_pct=0.875,
+        )
+    )
+
+    # --- Model: a vheat_jax variant plus overrides of its fields ---
+    config.model = ml_collections.ConfigDict(dict(name="vheat_tiny", drop_path_rate=0.1))
+    config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
+    config.remat = False  # rematerialise each Heat block in the backward pass (less memory, ~30% more compute)
+    config.fsdp = False  # shard params / optimizer state / EMA over the data axis (ZeRO-3 style)
+
+    # --- Optimizer ---
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            base_lr=5e-4,  # per lr_reference_batch images
+            warmup_lr=5e-7,
+            min_lr=5e-6,
+            lr_reference_batch=512,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.08,
+            grad_clip_norm=5.0,  # 0 disables clipping
+        )
+    )
+    config.grad_accum_steps = 1
+    config.ema_decay = 0.9999
+
+    # --- Durations and intervals ---
+    config.num_epochs = 300.0
+    config.num_steps = config_dict.placeholder(int)
+    config.warmup_epochs = 20.0
+    config.warmup_steps = config_dict.placeholder(int)
+    config.eval_every_epochs = 1.0
+    config.eval_every_steps = config_dict.placeholder(int)
+    config.log_every_steps = 100
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3  # the latest K; the best by EMA top-1 is kept as well
+
+    # --- Fine-tuning: start from a converted official checkpoint, a .pth or a .msgpack ---
+    config.init_from = ""
+    config.init_from_ema = False  # with a .pth of the official trainer: start from its model_ema weights
+
+    # --- Multi-process runs (see vheat_jax/train/distributed.py) ---
+    config.distributed = ml_collections.ConfigDict(
+        dict(
+            mode="auto",  # "auto" | "on" | "off"
+            coordinator_address=config_dict.placeholder(str),
+            num_processes=config_dict.placeholder(int),
+            process_id=config_dict.placeholder(int),
+        )
+    )
+    return config
