@@ -1,0 +1,53 @@
+"""Ahead-of-time compilation of the sharded train step for a TPU slice, on any machine.
+
+With libtpu installed (``pip install -e ".[tpu-aot]"``), ``jax.experimental.topologies``
+describes a TPU slice without owning one; the train step is lowered against
+abstract state and batch carrying that slice's shardings and compiled by the
+TPU compiler, which reports the per-chip memory the step needs and its FLOPs.
+This tells whether a config fits before renting the pod (MaxText's
+``train_compile.py`` does the same).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import topologies
+
+from vheat_jax.benchmark import compiled_memory
+from vheat_jax.train import optim, sharding
+from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
+
+BATCH_FIELDS = ("image", "label", "valid")
+
+
+def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[str, Any]:
+    """Compiles ``config``'s train step for ``topology`` (e.g. ``"v5e:16x16"``); returns memory and cost."""
+    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    mesh = sharding.make_mesh(devices)
+    model = build_model(config)
+    tx, schedule = optim.create_optimizer(
+        config.optimizer, global_batch_size=config.global_batch_size, warmup_steps=steps // 10,
+        total_steps=steps, grad_accum_steps=config.grad_accum_steps)
+    factory = StateFactory(model, tx, mesh, config)
+    step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
+    micro_batch = config.global_batch_size // config.grad_accum_steps
+    size, classes = config.image_size, config.num_classes
+    shapes = {"image": (micro_batch, size, size, 3), "label": (micro_batch, classes), "valid": (micro_batch,)}
+    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh))
+             for name, shape in shapes.items()}
+    compiled = step.lower(factory.abstract_with_shardings(), batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = compiled_memory(compiled) or {}
+    per_chip = sum(memory.get(k, 0) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                              "temp_size_in_bytes"))
+    return {
+        "topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
+        "model": config.model.name, "global_batch_size": config.global_batch_size,
+        "image_size": size, "compute_dtype": config.compute_dtype, "fsdp": bool(config.fsdp),
+        "remat": bool(config.remat), "per_chip_memory": memory, "per_chip_total_gib": per_chip / 2**30,
+        "flops_per_chip_per_step": float(cost.get("flops", float("nan"))) if cost else None,
+    }
