@@ -14,18 +14,9 @@ lower ``global_batch_size`` (the learning rates scale linearly with it, as in th
 official code). Re-running the same command resumes from the last checkpoint.
 """
 
-from vheat_jax.train.config import default_config
+from vheat_jax.train.config import imagenet_config
 
 
 def get_config(data: str = "imagefolder"):
     """``data``: "imagefolder" (default) or "tfds"."""
-    config = default_config()
-    if data == "tfds":
-        config.dataset = "tfds"
-        config.tfds_name = "imagenet2012"
-        config.eval_split = "validation"
-    elif data != "imagefolder":
-        raise ValueError(f"unknown data preset {data!r}; use configs/vheat_t.py:imagefolder or :tfds")
-    config.model.name = "vheat_tiny"
-    config.model.drop_path_rate = 0.1
-    return config
+    return imagenet_config("vheat_tiny", drop_path_rate=0.1, data=data)

@@ -102,3 +102,17 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
     return config
+
+
+def imagenet_config(model_name: str, drop_path_rate: float, data: str = "imagefolder") -> ml_collections.ConfigDict:
+    """The official recipe for one variant; ``data`` is "imagefolder" (class folders) or "tfds" (imagenet2012)."""
+    config = default_config()
+    if data == "tfds":
+        config.dataset = "tfds"
+        config.tfds_name = "imagenet2012"
+        config.eval_split = "validation"
+    elif data != "imagefolder":
+        raise ValueError(f"unknown data preset {data!r}; append :imagefolder or :tfds to the config path")
+    config.model.name = model_name
+    config.model.drop_path_rate = drop_path_rate
+    return config
