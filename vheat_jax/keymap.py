@@ -106,7 +106,19 @@ class KeyMismatchError(ArchitectureMismatchError):
     """Keys or shapes of a state dict do not fit the architecture."""
 
 
-def _mismatch_report(missing, unexpected, misshaped, hint: list[str]) -> str:
+def table_mismatches(state_dict: Mapping[str, Any], table: Mapping[str, tuple]) -> tuple[list, list, list]:
+    """``(missing, unexpected, misshaped)`` of ``state_dict`` against a key table whose entries end
+    with the expected torch shape; misshaped items are ``(key, shape found, shape expected)``."""
+    missing = [key for key in table if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in table]
+    misshaped = [(key, np.shape(state_dict[key]), table[key][-1]) for key in table
+                 if key in state_dict and tuple(np.shape(state_dict[key])) != tuple(table[key][-1])]
+    return missing, unexpected, misshaped
+
+
+def mismatch_report(missing, unexpected, misshaped, hint=(),
+                    subject: str = "state dict does not fit the architecture") -> str:
+    """One line naming what is missing, unexpected and mis-shaped (and why, in ``hint``)."""
     def listing(keys, limit=12):
         keys = sorted(keys)
         more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -121,7 +133,7 @@ def _mismatch_report(missing, unexpected, misshaped, hint: list[str]) -> str:
     if misshaped:
         parts.append(f"{len(misshaped)} mis-shaped: " + ", ".join(
             f"{k} is {tuple(got)} but should be {tuple(want)}" for k, got, want in misshaped[:12]))
-    return "state dict does not fit the architecture: " + " | ".join(parts)
+    return f"{subject}: " + " | ".join(parts)
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], arch: Arch, found: Arch | None = None) -> dict:
@@ -132,13 +144,10 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: Arch, found: Arch | None 
     and (given ``found``, the architecture the weights themselves describe) why.
     """
     table = expected_torch_shapes(arch)
-    missing = [key for key in table if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in table]
-    misshaped = [(key, np.shape(state_dict[key]), table[key][2]) for key in table
-                 if key in state_dict and tuple(np.shape(state_dict[key])) != table[key][2]]
+    missing, unexpected, misshaped = table_mismatches(state_dict, table)
     if missing or unexpected or misshaped:
         hint = arch_differences(found, arch) if found is not None else []
-        raise KeyMismatchError(_mismatch_report(missing, unexpected, misshaped, hint))
+        raise KeyMismatchError(mismatch_report(missing, unexpected, misshaped, hint))
     flat = {path: jnp.asarray(layout.to_flax(np.asarray(state_dict[key])))
             for key, (path, layout, _) in table.items()}
     return traverse_util.unflatten_dict(flat)
@@ -153,7 +162,7 @@ def flax_to_torch(params: Mapping, arch: Arch) -> OrderedDict[str, np.ndarray]:
     if set(flat) != set(by_path):
         missing = ["/".join(p) for p in by_path if p not in flat]
         unexpected = ["/".join(p) for p in flat if p not in by_path]
-        raise KeyMismatchError(_mismatch_report(missing, unexpected, [], []))
+        raise KeyMismatchError(mismatch_report(missing, unexpected, []))
     out = OrderedDict()
     for path, (key, layout) in by_path.items():
         out[key] = np.ascontiguousarray(layout.to_torch(np.asarray(flat[path])))

@@ -41,7 +41,9 @@ from flax import traverse_util
 from vheat_jax.arch import Arch, arch_from_state_dict
 from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.model import MaskRCNN
-from vheat_jax.keymap import CONV, LINEAR, SAME, KeyMismatchError, Layout, layout_of, torch_key
+from vheat_jax.keymap import (
+    CONV, LINEAR, SAME, KeyMismatchError, Layout, layout_of, mismatch_report, table_mismatches, torch_key,
+)
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
 
 DECONV = Layout("deconv", lambda a: a.transpose(2, 3, 0, 1), lambda a: a.transpose(2, 3, 0, 1))
@@ -95,31 +97,13 @@ def key_table(config: MaskRCNNConfig, arch: Arch) -> dict[str, tuple[tuple[str, 
     return table
 
 
-def _report(missing, unexpected, misshaped) -> str:
-    def listing(keys, limit=12):
-        keys = sorted(keys)
-        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-    parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} key(s): {listing(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s): {listing(unexpected)}")
-    if misshaped:
-        parts.append(f"{len(misshaped)} mis-shaped: " + ", ".join(
-            f"{k} is {tuple(got)} but should be {tuple(want)}" for k, got, want in misshaped[:12]))
-    return "mmdetection state dict does not fit the Mask R-CNN: " + " | ".join(parts)
-
-
 def mmdet_to_flax(state_dict: Mapping[str, Any], config: MaskRCNNConfig, arch: Arch) -> dict:
     """mmdetection ``state_dict`` (numpy) -> Flax ``params``; strict keys and shapes."""
     table = key_table(config, arch)
-    missing = [k for k in table if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in table]
-    misshaped = [(k, np.shape(state_dict[k]), table[k][2]) for k in table
-                 if k in state_dict and tuple(np.shape(state_dict[k])) != table[k][2]]
+    missing, unexpected, misshaped = table_mismatches(state_dict, table)
     if missing or unexpected or misshaped:
-        raise KeyMismatchError(_report(missing, unexpected, misshaped))
+        raise KeyMismatchError(mismatch_report(missing, unexpected, misshaped,
+                                               subject="mmdetection state dict does not fit the Mask R-CNN"))
     flat = {path: jnp.asarray(layout.to_flax(np.asarray(state_dict[key]))) for key, (path, layout, _) in table.items()}
     return traverse_util.unflatten_dict(flat)
 
@@ -132,7 +116,7 @@ def flax_to_mmdet(params: Mapping, config: MaskRCNNConfig, arch: Arch) -> Ordere
     if set(flat) != set(by_path):
         missing = ["/".join(p) for p in by_path if p not in flat]
         unexpected = ["/".join(p) for p in flat if p not in by_path]
-        raise KeyMismatchError(_report(missing, unexpected, []))
+        raise KeyMismatchError(mismatch_report(missing, unexpected, [], subject="Flax parameters do not fit the Mask R-CNN"))
     out = OrderedDict()
     for key, (path, layout, _) in table.items():
         out[key] = np.ascontiguousarray(layout.to_torch(np.asarray(flat[path])))

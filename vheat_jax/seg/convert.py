@@ -117,12 +117,10 @@ def variables_from_state_dict(state_dict: Mapping[str, Any], config: UperNetConf
     counters = {key: int(np.asarray(value)) for key, value in state_dict.items() if key.endswith("." + COUNTER)}
     bns = {f"{prefix}.{COUNTER}" for prefix in bn_prefixes(table)}
     weights = {key: value for key, value in state_dict.items() if key not in counters}
-    missing = [key for key in table if key not in weights]
-    unexpected = [key for key in weights if key not in table] + [key for key in counters if key not in bns]
-    misshaped = [(key, np.shape(weights[key]), table[key][2]) for key in table
-                 if key in weights and tuple(np.shape(weights[key])) != table[key][2]]
+    missing, unexpected, misshaped = keymap.table_mismatches(weights, table)
+    unexpected += [key for key in counters if key not in bns]
     if missing or unexpected or misshaped:
-        raise KeyMismatchError(keymap._mismatch_report(missing, unexpected, misshaped, []))
+        raise KeyMismatchError(keymap.mismatch_report(missing, unexpected, misshaped))
     flat = {path: jnp.asarray(layout.to_flax(np.asarray(weights[key], np.float32)))
             for key, (path, layout, _) in table.items()}
     return traverse_util.unflatten_dict(flat), counters
@@ -138,7 +136,7 @@ def state_dict_from_variables(variables: Mapping, config: UperNetConfig,
     if set(flat) != wanted:
         missing = ["/".join(p) for p in wanted - set(flat)]
         unexpected = ["/".join(p) for p in set(flat) - wanted]
-        raise KeyMismatchError(keymap._mismatch_report(missing, unexpected, [], []))
+        raise KeyMismatchError(keymap.mismatch_report(missing, unexpected, []))
     out = OrderedDict((key, np.ascontiguousarray(layout.to_torch(np.asarray(flat[path]))))
                       for key, (path, layout, _) in table.items())
     counters = num_batches_tracked or {}
