@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vit_baseline import ViT  # noqa: E402
 
 import vheat_jax  # noqa: E402
-from vheat_jax.benchmark import time_jitted  # noqa: E402
+from vheat_jax.benchmark import live_bytes, time_jitted  # noqa: E402
 from vheat_jax.flops import count_macs  # noqa: E402
 
 SIZES = (224, 384, 512, 768, 1024)
@@ -41,8 +41,7 @@ def measure(name: str, module, tokens: int, size: int, iters: int) -> dict:
     memory = timing["compiled_memory"] or {}
     return {"model": name, "size": size, "tokens": tokens, "gmacs": macs / 1e9,
             "latency_s": timing["median_s"], "compile_s": timing["compile_s"],
-            "compiled_bytes": sum(memory.get(k, 0) for k in
-                                  ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")),
+            "compiled_bytes": live_bytes(memory),
             "temp_bytes": memory.get("temp_size_in_bytes"), "device_peak_bytes": timing["device_peak_bytes"]}
 
 

@@ -23,9 +23,15 @@ def compiled_memory(compiled) -> dict[str, int] | None:
         return None
     if analysis is None:
         return None
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
               "generated_code_size_in_bytes")
     return {name: int(getattr(analysis, name)) for name in fields if hasattr(analysis, name)}
+
+
+def live_bytes(memory: dict[str, int]) -> int:
+    """Arguments + outputs + temporaries, counting outputs that alias (donated) arguments once."""
+    return (memory.get("argument_size_in_bytes", 0) + memory.get("output_size_in_bytes", 0)
+            - memory.get("alias_size_in_bytes", 0) + memory.get("temp_size_in_bytes", 0))
 
 
 def device_peak_memory() -> int | None:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
 
-from vheat_jax.benchmark import compiled_memory
+from vheat_jax.benchmark import compiled_memory, live_bytes
 from vheat_jax.train import optim, sharding
 from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
 
@@ -42,8 +42,7 @@ def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[st
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled_memory(compiled) or {}
-    per_chip = sum(memory.get(k, 0) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                              "temp_size_in_bytes"))
+    per_chip = live_bytes(memory)
     return {
         "topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
         "model": config.model.name, "global_batch_size": config.global_batch_size,
