@@ -55,6 +55,14 @@ def load_for_eval(checkpoint: str, config, *, ema: bool, post_norm: bool | None 
     return arch, params, f"{path} ({'model_ema' if ema else 'model'})"
 
 
+def random_init(config) -> tuple[Arch, dict, str]:
+    """Randomly initialised weights of the config's model (for throughput only)."""
+    model = build_model(config)
+    size = config.image_size
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+    return arch_of(model), params, f"random init of {config.model.name}"
+
+
 def prepare_model(arch: Arch, params: dict, *, form: str, img_size: int, dtype) -> tuple[Any, dict]:
     """The module and parameters to run: inference form (default) or training form, at ``img_size``."""
     if form == "infer" and not arch.infer_mode:

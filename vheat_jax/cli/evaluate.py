@@ -20,7 +20,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", "configs/vheat_t.py", "Config file (path[:argument]): data and model.")
-flags.DEFINE_string("checkpoint", None, "Trainer workdir, convert_torch.py output (dir or .msgpack), or official .pth.")
+flags.DEFINE_string("checkpoint", None, "Trainer workdir, convert_torch.py output (dir or .msgpack), or official .pth. "
+                    "Optional with --throughput: random weights of the config's model.")
 flags.DEFINE_bool("ema", False, "Evaluate the EMA weights (workdir: ema_params; .pth: model_ema).")
 flags.DEFINE_enum("post_norm", "auto", ["auto", "true", "false"], "Pre/post-norm when the checkpoint has no config.")
 flags.DEFINE_enum("form", "infer", ["infer", "train"], "Inference form (k_exp constants) or training form.")
@@ -32,7 +33,6 @@ flags.DEFINE_integer("warmup", 3, "Warm-up iterations for --throughput.")
 flags.DEFINE_integer("iters", 10, "Timed iterations for --throughput (the median is reported).")
 flags.DEFINE_string("out", None, "Also write the JSON result to this file.")
 flags.DEFINE_string("workdir", "/tmp/vheat_eval", "Where data sets that are materialised on demand (digits) go.")
-flags.mark_flags_as_required(["checkpoint"])
 
 
 def main(argv):
@@ -44,7 +44,12 @@ def main(argv):
     config = FLAGS.config
     img_size = FLAGS.img_size or config.image_size
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]
-    arch, params, source = evaluate.load_for_eval(FLAGS.checkpoint, config, ema=FLAGS.ema, post_norm=post_norm)
+    if FLAGS.checkpoint:
+        arch, params, source = evaluate.load_for_eval(FLAGS.checkpoint, config, ema=FLAGS.ema, post_norm=post_norm)
+    elif FLAGS.throughput:
+        arch, params, source = evaluate.random_init(config)
+    else:
+        raise app.UsageError("--checkpoint is required to measure accuracy")
     model, params = evaluate.prepare_model(arch, params, form=FLAGS.form, img_size=img_size,
                                            dtype=jnp.dtype(FLAGS.dtype))
     result = {"checkpoint": source, "form": FLAGS.form, "img_size": img_size, "dtype": FLAGS.dtype,
