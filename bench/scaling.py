@@ -66,6 +66,7 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
                     label=f"{model}: cost ~ N^{fits[model][metric]:.2f}")
         ax.set(xscale="log", yscale="log", xlabel="input size (px)", ylabel=label)
         ax.set_xticks(SIZES, [str(s) for s in SIZES])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend()
     fig.suptitle(f"inference cost vs input size on {jax.devices()[0].device_kind} "
                  "(exponents fitted over 384..1024 against token count N)")
