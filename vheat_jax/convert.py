@@ -34,15 +34,29 @@ ARCH_FILE = "vheat_arch.json"
 WRAPPER_PREFIX = "module."  # DistributedDataParallel / EMA wrappers save keys under .module
 
 
-def _numpy_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, np.ndarray]:
+def require_tensors(state_dict: Any, source: str) -> dict[str, np.ndarray]:
+    """``state_dict`` as a dict, after checking that it maps names to tensors (numpy arrays)."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(f"{source}: expected a state dict, found {type(state_dict).__name__}")
     bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
     if bad:
         raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(map(str, bad[:8]))}")
+    return dict(state_dict)
+
+
+def read_mmengine_checkpoint(path: str | os.PathLike) -> tuple[Mapping, dict[str, np.ndarray]]:
+    """``(checkpoint, state_dict)`` of an mmdet/mmseg ``.pth`` (``{"meta", "state_dict", ...}`` or a bare state dict)."""
+    ckpt = load_pth(path)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path}: expected a dict at the top level, found {type(ckpt).__name__}")
+    return ckpt, require_tensors(ckpt.get("state_dict", ckpt), str(path))
+
+
+def _numpy_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, np.ndarray]:
+    state_dict = require_tensors(state_dict, source)
     if state_dict and all(k.startswith(WRAPPER_PREFIX) for k in state_dict):
         return {k[len(WRAPPER_PREFIX):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+    return state_dict
 
 
 def split_checkpoint(ckpt: Any, *, ema: bool, path: str) -> tuple[dict[str, np.ndarray], Mapping | None]:

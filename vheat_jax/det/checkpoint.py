@@ -44,7 +44,8 @@ from vheat_jax.det.model import MaskRCNN
 from vheat_jax.keymap import (
     CONV, LINEAR, SAME, KeyMismatchError, Layout, layout_of, mismatch_report, table_mismatches, torch_key,
 )
-from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
+from vheat_jax.convert import read_mmengine_checkpoint
+from vheat_jax.torch_io import CheckpointError, save_pth
 
 DECONV = Layout("deconv", lambda a: a.transpose(2, 3, 0, 1), lambda a: a.transpose(2, 3, 0, 1))
 _LEAF = {"kernel": "weight", "bias": "bias"}
@@ -150,13 +151,7 @@ def config_from_state_dict(state_dict: Mapping[str, Any], base: MaskRCNNConfig |
 def read_mmdet_checkpoint(path: str | os.PathLike, *, post_norm: bool | None = None,
                           config: MaskRCNNConfig | None = None) -> tuple[MaskRCNNConfig, Arch, dict, dict]:
     """``(config, backbone_arch, params, meta)`` from an mmdetection ``.pth`` (strict)."""
-    ckpt = load_pth(path)
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"{path}: expected a dict at the top level")
-    state_dict = ckpt.get("state_dict", ckpt)
-    bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
-    if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:8])}")
+    ckpt, state_dict = read_mmengine_checkpoint(path)
     backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     if not backbone:
         raise CheckpointError(f"{path}: no 'backbone.*' keys")

@@ -45,7 +45,8 @@ from vheat_jax import keymap
 from vheat_jax.arch import arch_from_state_dict, check_arch
 from vheat_jax.keymap import CONV, SAME, KeyMismatchError, Layout
 from vheat_jax.seg.model import UperNet, UperNetConfig
-from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
+from vheat_jax.convert import read_mmengine_checkpoint
+from vheat_jax.torch_io import save_pth
 
 log = logging.getLogger(__name__)
 
@@ -286,13 +287,7 @@ class MMSegCheckpoint:
 
 def read_mmseg_checkpoint(path: str | os.PathLike, *, post_norm: bool | None = None) -> MMSegCheckpoint:
     """Reads an mmseg checkpoint (``{"meta", "state_dict", ...}`` or a bare state dict)."""
-    ckpt = load_pth(path)
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"{path}: expected a dict at the top level, found {type(ckpt).__name__}")
-    state_dict = ckpt.get("state_dict", ckpt)
-    bad = [key for key, value in state_dict.items() if not isinstance(value, np.ndarray)]
-    if bad:
-        raise CheckpointError(f"{path}: state-dict entries that are not tensors: {', '.join(map(str, bad[:8]))}")
+    ckpt, state_dict = read_mmengine_checkpoint(path)
     meta = dict(ckpt.get("meta") or {})
     cfg_text = meta.get("cfg")
     model_cfg = model_cfg_from_text(cfg_text) if isinstance(cfg_text, str) else {}
