@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -72,3 +73,7 @@ def test_throughput_reports_well_formed_json(vheat_fixtures):
     assert result["images_per_s"] > 0 and result["latency_ms_per_batch"] > 0 and result["compile_s"] > 0
     assert np.isclose(result["images_per_s"], 4 / (result["latency_ms_per_batch"] / 1e3))
     assert result["compiled_memory"]["temp_size_in_bytes"] > 0
+    # The CPU settings of vheat_jax/runtime.py are in force and recorded.
+    assert "--xla_cpu_experimental_ynn_fusion_type=individual_dot" in result["xla_flags"].split()
+    if platform.libc_ver()[0] == "glibc":
+        assert "glibc.malloc.hugetlb=1" in result["glibc_tunables"].split(":")

@@ -18,6 +18,8 @@ import jax
 from flax import linen as nn
 from jax.extend import core as jax_core
 
+from vheat_jax import ops
+
 LAYER_NORM_MACS_PER_ELEMENT = 5  # fvcore's norm_flop_counter with an affine transform
 
 
@@ -71,7 +73,7 @@ def model_macs(module, params, batch: int = 1, img_hw: tuple[int, int] = (224, 2
     norm_elements = []
 
     def count_norms(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.LayerNorm) and context.method_name == "__call__":
+        if isinstance(context.module, (nn.LayerNorm, ops.LayerNorm)) and context.method_name == "__call__":
             norm_elements.append(math.prod(args[0].shape))
         return next_fun(*args, **kwargs)
 

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from vheat_jax import ops
 from vheat_jax.heat import HeatConduction, LayerNorm
 from vheat_jax.resize import resize_bicubic_hw
 
-# torch.nn.GELU is the exact erf form; flax's default is the tanh approximation.
-gelu = functools.partial(nn.gelu, approximate=False)
+# torch.nn.GELU is the exact erf form (flax's default is the tanh approximation).
+gelu = ops.gelu
 
 
 def stage_resolutions(img_size: int, patch_size: int = 4, num_stages: int = 4) -> list[int]:
@@ -173,7 +174,7 @@ class _VHeatEncoder(nn.Module):
             raise ValueError(f"expected NHWC images with 3 channels, got shape {images.shape}")
         x = images.astype(self.dtype)
         widths = stage_widths(self.dims, len(self.depths))
-        stem_norm = functools.partial(nn.LayerNorm, epsilon=1e-6, use_fast_variance=False, dtype=self.dtype)
+        stem_norm = functools.partial(ops.LayerNorm, epsilon=1e-6, dtype=self.dtype)
         x = conv3x3(widths[0] // 2, stride=2, dtype=self.dtype, name="patch_embed_conv1")(x)
         x = gelu(stem_norm(name="patch_embed_norm1")(x))
         x = conv3x3(widths[0], stride=2, dtype=self.dtype, name="patch_embed_conv2")(x)

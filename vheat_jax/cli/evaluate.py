@@ -13,11 +13,14 @@ unless --form=train. Prints one JSON object and writes it to --out if given.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from vheat_jax import runtime
 
 config_flags.DEFINE_config_file("config", "configs/vheat_t.py", "Config file (path[:argument]): data and model.")
 flags.DEFINE_string("checkpoint", None, "Trainer workdir, convert_torch.py output (dir or .msgpack), or official .pth. "
@@ -38,6 +41,8 @@ flags.DEFINE_string("workdir", "/tmp/vheat_eval", "Where data sets that are mate
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Before anything creates the JAX backend (see vheat_jax/runtime.py).
+    xla_flags = runtime.add_xla_flags(runtime.INFERENCE_XLA_FLAGS)
     from vheat_jax import evaluate  # after flag parsing, as train.py
 
     FLAGS = flags.FLAGS
@@ -57,6 +62,8 @@ def main(argv):
     if FLAGS.throughput:
         result.update(batch_size=FLAGS.batch_size, **evaluate.throughput(
             model, params, batch=FLAGS.batch_size, img_size=img_size, warmup=FLAGS.warmup, iters=FLAGS.iters))
+        # What the process ran with, so a number can be reproduced.
+        result.update(xla_flags=xla_flags, glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     else:
         if img_size != config.image_size:
             config.unlock().image_size = img_size
@@ -69,4 +76,5 @@ def main(argv):
 
 
 def run() -> None:
+    runtime.reexec_with_huge_pages()
     app.run(main)
