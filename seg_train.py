@@ -34,4 +34,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from vheat_jax import runtime
+
+    runtime.reexec_with_huge_pages()  # faster XLA:CPU steps; see vheat_jax/runtime.py
     app.run(main)
