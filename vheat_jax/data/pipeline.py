@@ -38,7 +38,7 @@ _WORKER_BUFFER_BATCHES = 1
 _SHUFFLE, _AUGMENT, _MIX = 1, 2, 3
 
 
-def _derive_seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
     """A 32-bit seed from integer parts (numpy SeedSequence hashing)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -74,7 +74,8 @@ def _check_classes(source, num_classes: int) -> None:
         raise ValueError(f"Dataset has {len(classes)} classes but config.num_classes={num_classes}")
 
 
-def _finish(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+def to_iter_dataset(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+    """The loader: read threads and prefetch, plus ``num_workers`` worker processes when > 0."""
     _ensure_absl_flags_parsed()
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
@@ -156,14 +157,14 @@ def create_train_loader(
     ds = grain.MapDataset.source(source)
     # Same global permutation on every process, a new one each epoch (grain's
     # shuffle reseeds with seed + epoch for indices beyond one epoch).
-    ds = ds.shuffle(seed=_derive_seed(seed, _SHUFFLE)).repeat()
+    ds = ds.shuffle(seed=derive_seed(seed, _SHUFFLE)).repeat()
     ds = ds[process_index::process_count]
     ds = ds.random_map(
-        tf_lib.TrainTransform(config.image_size, config.aug), seed=_derive_seed(seed, process_index, _AUGMENT)
+        tf_lib.TrainTransform(config.image_size, config.aug), seed=derive_seed(seed, process_index, _AUGMENT)
     )
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map_with_index(TrainBatchTransform(mix, seed, process_index))
-    return _finish(ds, config.get("num_workers", 0))
+    return to_iter_dataset(ds, config.get("num_workers", 0))
 
 
 class _EvalShard:
@@ -216,7 +217,7 @@ def create_eval_loader(config, *, process_index: int, process_count: int) -> gra
     ds = grain.MapDataset.source(_EvalShard(source, start, end, length))
     ds = ds.map(tf_lib.EvalTransform(config.image_size, config.aug.get("crop_pct", 0.875)))
     ds = ds.batch(local_batch, drop_remainder=True)
-    return _finish(ds, config.get("num_workers", 0))
+    return to_iter_dataset(ds, config.get("num_workers", 0))
 
 
 def num_corrupt(batch) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from vheat_jax.data.pipeline import _derive_seed, _finish, eval_shard_bounds
+from vheat_jax.data.pipeline import derive_seed, eval_shard_bounds, to_iter_dataset
 from vheat_jax.seg.sources import make_seg_source
 from vheat_jax.seg.transforms import SegAugmentation, SegTrainTransform, load_example
 
@@ -37,11 +37,11 @@ def create_seg_train_loader(config, *, process_index: int, process_count: int) -
         raise ValueError(f"global_batch_size={config.global_batch_size} is not a multiple of the "
                          f"{process_count} processes")
     ds = grain.MapDataset.source(make_seg_source(config, config.train_split))
-    ds = ds.shuffle(seed=_derive_seed(config.seed, _SHUFFLE)).repeat()[process_index::process_count]
+    ds = ds.shuffle(seed=derive_seed(config.seed, _SHUFFLE)).repeat()[process_index::process_count]
     ds = ds.random_map(SegTrainTransform(augmentation(config)),
-                       seed=_derive_seed(config.seed, process_index, _AUGMENT))
+                       seed=derive_seed(config.seed, process_index, _AUGMENT))
     ds = ds.batch(config.global_batch_size // process_count, drop_remainder=True)
-    return _finish(ds, config.num_workers)
+    return to_iter_dataset(ds, config.num_workers)
 
 
 class _LoadEvalExample:
