@@ -204,6 +204,20 @@ def test_process_shards_disjoint_and_covering_and_reshuffled(id_folder):
         )
 
 
+def test_augmentation_does_not_depend_on_process_count(id_folder):
+    """Each example is augmented by its position in the global stream: 2 processes see what 1 process sees."""
+    cfg = _config(id_folder, num_classes=12, batch=6, mixup=0.0, cutmix=0.0, label_smoothing=0.0)
+    _, single = _take(pipeline.create_train_loader(cfg, process_index=0, process_count=1, seed=5), 4)
+    single_images = np.concatenate([b["image"] for b in single])  # global positions 0..23
+    single_labels = np.concatenate([b["label"] for b in single])
+    for p in range(2):
+        _, local = _take(pipeline.create_train_loader(cfg, process_index=p, process_count=2, seed=5), 4)
+        positions = np.arange(12) * 2 + p  # local index i is global position 2 i + p
+        np.testing.assert_array_equal(np.concatenate([b["image"] for b in local]), single_images[positions])
+        np.testing.assert_array_equal(np.concatenate([b["label"] for b in local]), single_labels[positions])
+    assert not np.array_equal(single_images[0], single_images[12])  # the augmentation is random
+
+
 def test_iterator_state_restore_and_orbax_roundtrip(folder, tmp_path):
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 

@@ -1,9 +1,11 @@
 """Two processes on localhost (jax.distributed, 2 devices each) train like one process with 4 devices.
 
 Each process loads its own shard of every global batch. The shards of one step
-are, together, exactly the examples of that step in the single-process run, so
-with drop path off (its per-row draws depend on a row's position in the global
-batch) the mean loss of every step must agree up to float summation order.
+are, together, exactly the examples of that step in the single-process run, and
+each example's augmentation is seeded by its position in the global stream. So
+with per-example augmentation on (random resized crop, flip, RandAugment, random
+erasing) the mean loss of every step must agree up to float summation order.
+Drop path and mixup stay off: their draws depend on a row's place in a batch.
 """
 
 import socket
@@ -28,6 +30,10 @@ OVERRIDES = (
     f"--config.num_steps={NUM_STEPS}",
     "--config.model.drop_path_rate=0.0",
     "--config.checkpoint_every_steps=1000",
+    "--config.aug.random_resized_crop=True",
+    "--config.aug.hflip=True",
+    "--config.aug.randaug=rand-m9-mstd0.5-inc1",
+    "--config.aug.reprob=0.25",
 )
 
 

@@ -11,9 +11,11 @@ Train stream for process p of P (seed s):
   source -> global shuffle, reshuffled every epoch (same permutation on all
   processes) -> repeat forever -> take every P-th element starting at p
   (disjoint per-process shards that together cover each epoch) -> per-example
-  decode + augmentation (rng from (s, p, example index)) -> batch of
-  global_batch_size // P -> corrupt-image substitution + mixup/cutmix + label
-  smoothing (rng from (s, p, batch index)).
+  decode + augmentation (rng from (s, position in the global stream), so an
+  example is augmented the same way whatever the number of processes) -> batch
+  of global_batch_size // P -> corrupt-image substitution + mixup/cutmix + label
+  smoothing (rng from (s, p, batch index): mixup pairs rows within a process's
+  batch, as the official per-GPU mixup does, so it depends on P).
 """
 
 from __future__ import annotations
@@ -102,6 +104,23 @@ def make_mixup(config) -> mixup_lib.Mixup:
     )
 
 
+class AugmentAtGlobalPosition(grain.transforms.MapWithIndex):
+    """Per-example augmentation seeded by the example's position in the global stream.
+
+    Process p of P sees global positions p, p + P, p + 2P, ...; seeding by that
+    position (not by p and the local index) makes a run on P processes augment
+    every example exactly as a run on one process does.
+    """
+
+    def __init__(self, transform: tf_lib.TrainTransform, seed: int, process_index: int, process_count: int):
+        self.transform = transform
+        self.seed, self.process_index, self.process_count = int(seed), int(process_index), int(process_count)
+
+    def map_with_index(self, index: int, element: dict) -> dict:
+        position = int(index) * self.process_count + self.process_index
+        return self.transform.random_map(element, np.random.default_rng([self.seed, position, _AUGMENT]))
+
+
 class TrainBatchTransform(grain.transforms.MapWithIndex):
     """Per-batch step: corrupt-image substitution, mixup/cutmix, soft labels.
 
@@ -159,9 +178,8 @@ def create_train_loader(
     # shuffle reseeds with seed + epoch for indices beyond one epoch).
     ds = ds.shuffle(seed=derive_seed(seed, _SHUFFLE)).repeat()
     ds = ds[process_index::process_count]
-    ds = ds.random_map(
-        tf_lib.TrainTransform(config.image_size, config.aug), seed=derive_seed(seed, process_index, _AUGMENT)
-    )
+    ds = ds.map_with_index(AugmentAtGlobalPosition(
+        tf_lib.TrainTransform(config.image_size, config.aug), seed, process_index, process_count))
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map_with_index(TrainBatchTransform(mix, seed, process_index))
     return to_iter_dataset(ds, config.get("num_workers", 0))

@@ -201,7 +201,7 @@ def _aug_get(aug, key, default):
 
 
 class TrainTransform:
-    """Decode + timm training augmentation.  Use with ``MapDataset.random_map``.
+    """Decode + timm training augmentation: ``random_map(element, rng)``.
 
     Output: {"image": float32 (S, S, 3), "label": int32, "valid": float32}.
     """
