@@ -42,28 +42,28 @@ def _gelu_jvp(primals, tangents):
 # ------------------------------------------------------------- depthwise 3x3 conv
 
 
-def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """sum over the nine taps of ``pad(x)[dy:dy+H, dx:dx+W] * kernel[dy, dx]``, NHWC, kernel (3, 3, C)."""
+def _taps(x: jax.Array):
+    """The nine 3x3 taps of NHWC ``x`` with zero padding 1: ``(dy, dx, pad(x)[dy:dy+H, dx:dx+W])``."""
     _, height, width, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = None
     for dy in range(3):
         for dx in range(3):
-            term = padded[:, dy:dy + height, dx:dx + width, :] * kernel[dy, dx]
-            out = term if out is None else out + term
+            yield dy, dx, padded[:, dy:dy + height, dx:dx + width, :]
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array, start: jax.Array | None = None) -> jax.Array:
+    """``start`` (if given) plus, tap by tap, ``tap * kernel[dy, dx]``; kernel (3, 3, C)."""
+    out = start
+    for dy, dx, tap in _taps(x):
+        term = tap * kernel[dy, dx]
+        out = term if out is None else out + term
     return out
 
 
 @jax.custom_vjp
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """Depthwise 3x3 convolution, stride 1, zero padding 1: NHWC ``x``, ``kernel`` (3, 3, C), ``bias`` (C,)."""
-    _, height, width, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = bias
-    for dy in range(3):
-        for dx in range(3):
-            out = out + padded[:, dy:dy + height, dx:dx + width, :] * kernel[dy, dx]
-    return out
+    return _shifted_sum(x, kernel, start=bias)
 
 
 def _dwconv_fwd(x, kernel, bias):
@@ -72,14 +72,9 @@ def _dwconv_fwd(x, kernel, bias):
 
 def _dwconv_bwd(residuals, grad):
     x, kernel = residuals
-    _, height, width, _ = x.shape
     # The input gradient is the same convolution with the kernel rotated by 180 degrees.
     grad_x = _shifted_sum(grad, kernel[::-1, ::-1])
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    grad_kernel = jnp.stack([
-        jnp.stack([jnp.sum(padded[:, dy:dy + height, dx:dx + width, :] * grad, axis=(0, 1, 2)) for dx in range(3)])
-        for dy in range(3)
-    ])
+    grad_kernel = jnp.stack([jnp.sum(tap * grad, axis=(0, 1, 2)) for _, _, tap in _taps(x)]).reshape(kernel.shape)
     grad_bias = jnp.sum(grad, axis=(0, 1, 2))
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype), grad_bias.astype(kernel.dtype)
 
