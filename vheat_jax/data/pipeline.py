@@ -40,7 +40,7 @@ _WORKER_BUFFER_BATCHES = 1
 _SHUFFLE, _AUGMENT, _MIX = 1, 2, 3
 
 
-def derive_seed(*parts: int) -> int:
+def _derive_seed(*parts: int) -> int:
     """A 32-bit seed from integer parts (numpy SeedSequence hashing)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -105,20 +105,35 @@ def make_mixup(config) -> mixup_lib.Mixup:
 
 
 class AugmentAtGlobalPosition(grain.transforms.MapWithIndex):
-    """Per-example augmentation seeded by the example's position in the global stream.
+    """Per-example augmentation (``transform.random_map(element, rng)``) seeded by the
+    example's position in the global stream.
 
     Process p of P sees global positions p, p + P, p + 2P, ...; seeding by that
     position (not by p and the local index) makes a run on P processes augment
     every example exactly as a run on one process does.
     """
 
-    def __init__(self, transform: tf_lib.TrainTransform, seed: int, process_index: int, process_count: int):
+    def __init__(self, transform, seed: int, process_index: int, process_count: int):
         self.transform = transform
         self.seed, self.process_index, self.process_count = int(seed), int(process_index), int(process_count)
 
     def map_with_index(self, index: int, element: dict) -> dict:
         position = int(index) * self.process_count + self.process_index
         return self.transform.random_map(element, np.random.default_rng([self.seed, position, _AUGMENT]))
+
+
+def augmented_process_shard(source, transform, *, seed: int, process_index: int,
+                            process_count: int) -> grain.MapDataset:
+    """This process's share of the endless training stream, augmented example by example.
+
+    Same global permutation on every process, a new one each epoch (grain's
+    shuffle reseeds with seed + epoch for indices beyond one epoch); process p
+    takes every P-th element from p; ``transform.random_map`` runs with an rng
+    seeded at the element's global position (:class:`AugmentAtGlobalPosition`).
+    """
+    ds = grain.MapDataset.source(source).shuffle(seed=_derive_seed(seed, _SHUFFLE)).repeat()
+    ds = ds[process_index::process_count]
+    return ds.map_with_index(AugmentAtGlobalPosition(transform, seed, process_index, process_count))
 
 
 class TrainBatchTransform(grain.transforms.MapWithIndex):
@@ -173,13 +188,8 @@ def create_train_loader(
     if mix.active and local_batch % 2:
         raise ValueError(f"mixup/cutmix needs an even local batch, got {local_batch}")
 
-    ds = grain.MapDataset.source(source)
-    # Same global permutation on every process, a new one each epoch (grain's
-    # shuffle reseeds with seed + epoch for indices beyond one epoch).
-    ds = ds.shuffle(seed=derive_seed(seed, _SHUFFLE)).repeat()
-    ds = ds[process_index::process_count]
-    ds = ds.map_with_index(AugmentAtGlobalPosition(
-        tf_lib.TrainTransform(config.image_size, config.aug), seed, process_index, process_count))
+    ds = augmented_process_shard(source, tf_lib.TrainTransform(config.image_size, config.aug), seed=seed,
+                                 process_index=process_index, process_count=process_count)
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map_with_index(TrainBatchTransform(mix, seed, process_index))
     return to_iter_dataset(ds, config.get("num_workers", 0))

@@ -2,7 +2,8 @@
 
 Training, for process p of P: global shuffle (reshuffled every epoch, the same on every
 process) -> repeat -> every P-th example from p -> decode + :class:`SegTrainTransform`
-(rng from (seed, p, example index)) -> batches of ``global_batch_size // P``. Batching
+(rng from (seed, position in the global stream), as the classification stream:
+``data.pipeline.augmented_process_shard``) -> batches of ``global_batch_size // P``. Batching
 happens before the worker processes, so batch i does not depend on ``num_workers``, and the
 iterator state (``get_state``/``set_state``) is what the checkpoint stores.
 
@@ -17,11 +18,9 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from vheat_jax.data.pipeline import derive_seed, eval_shard_bounds, to_iter_dataset
+from vheat_jax.data.pipeline import augmented_process_shard, eval_shard_bounds, to_iter_dataset
 from vheat_jax.seg.sources import make_seg_source
 from vheat_jax.seg.transforms import SegAugmentation, SegTrainTransform, load_example
-
-_SHUFFLE, _AUGMENT = 1, 2
 
 
 def augmentation(config) -> SegAugmentation:
@@ -36,10 +35,8 @@ def create_seg_train_loader(config, *, process_index: int, process_count: int) -
     if config.global_batch_size % process_count:
         raise ValueError(f"global_batch_size={config.global_batch_size} is not a multiple of the "
                          f"{process_count} processes")
-    ds = grain.MapDataset.source(make_seg_source(config, config.train_split))
-    ds = ds.shuffle(seed=derive_seed(config.seed, _SHUFFLE)).repeat()[process_index::process_count]
-    ds = ds.random_map(SegTrainTransform(augmentation(config)),
-                       seed=derive_seed(config.seed, process_index, _AUGMENT))
+    ds = augmented_process_shard(make_seg_source(config, config.train_split), SegTrainTransform(augmentation(config)),
+                                 seed=config.seed, process_index=process_index, process_count=process_count)
     ds = ds.batch(config.global_batch_size // process_count, drop_remainder=True)
     return to_iter_dataset(ds, config.num_workers)
 
