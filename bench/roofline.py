@@ -9,7 +9,9 @@ the model's multiply-accumulates (vheat_jax.flops, the count that reproduces the
 paper's GFLOPs table). The result is a ceiling: images/s if every matmul ran at
 the measured peak and everything else (LayerNorm, GELU, the DCT, the depthwise
 conv, copies) were free. A training step costs about 3x the forward MACs
-(forward, plus the input and weight gradients of every dot and conv).
+(forward, plus the input and weight gradients of every dot and conv). Also the
+bandwidth of an elementwise op in cache (4 MB) and on large arrays (64 MB);
+``VHEAT_HUGE_PAGES=0`` shows the large-array figure without huge pages.
 Prints one JSON object.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +37,14 @@ def matmul_gflops(m: int, k: int, n: int, iters: int) -> float:
     b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
     seconds = time_jitted(jnp.matmul, a, b, warmup=2, iters=iters)["median_s"]
     return 2 * m * k * n / seconds / 1e9
+
+
+def elementwise_gb_per_s(megabytes: int, iters: int) -> float:
+    """Memory traffic of ``a * 1.5 + b`` (read two arrays, write one) on float32 arrays of this size."""
+    n = megabytes * 2**20 // 4
+    a, b = jnp.ones((n,), jnp.float32), jnp.ones((n,), jnp.float32)
+    seconds = time_jitted(lambda a, b: a * 1.5 + b, a, b, warmup=2, iters=iters)["median_s"]
+    return 3 * n * 4 / seconds / 1e9
 
 
 def main() -> None:
@@ -62,6 +73,8 @@ def main() -> None:
             dense[f"{t}x{k}x{n}"] = round(matmul_gflops(t, k, n, args.iters), 1)
     peak = matmul_gflops(2048, 2048, 2048, args.iters)
     best = max(peak, *dense.values())
+    # In cache vs. large arrays whose output buffers the allocator hands out fresh each call.
+    bandwidth = {f"{mb}MB": round(elementwise_gb_per_s(mb, args.iters), 1) for mb in (4, 64)}
 
     def ceiling(macs: float, factor: float) -> float:
         return best * 1e9 / (2 * factor * macs)
@@ -69,6 +82,7 @@ def main() -> None:
     print(json.dumps({
         "device": jax.devices()[0].device_kind, "model": args.model, "image_size": args.image_size,
         "batch": args.batch, "matmul_gflops_2048": round(peak, 1), "dense_layer_gflops": dense,
+        "elementwise_gb_per_s": bandwidth, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "gmacs_per_image_inference_form": round(infer_macs / 1e9, 3),
         "gmacs_per_image_training_form": round(train_macs / 1e9, 3),
         "ceiling_inference_images_per_s": round(ceiling(infer_macs, 1), 2),

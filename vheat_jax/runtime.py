@@ -5,15 +5,14 @@ XLA:CPU (jax 0.10); see docs/design.md "CPU performance" for the numbers.
 
 * **Huge pages for malloc.** XLA:CPU allocates an execution's temporary buffers
   afresh on every call; glibc serves big blocks with ``mmap``, so every step
-  first-touches hundreds of MB in 4 KiB page faults (an elementwise op on a
-  64 MB array ran at 6 GB/s against 25 GB/s in cache). ``GLIBC_TUNABLES=
-  glibc.malloc.hugetlb=1`` makes glibc back those blocks with transparent huge
-  pages, 512x fewer faults. glibc reads tunables only at start-up, so
+  first-touches hundreds of MB in 4 KiB page faults (an elementwise op on
+  64 MB arrays ran at 9 GB/s, 23 GB/s with huge pages: ``bench/roofline.py``).
+  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` makes glibc back those blocks with
+  transparent huge pages, 512x fewer faults. glibc reads tunables only at start-up, so
   :func:`reexec_with_huge_pages` restarts the process once with it set.
 * **Plain dots for XLA:CPU's YNNPACK library calls in inference.** By default
   XLA:CPU hands greedy subgraphs (dot + LayerNorm + GELU + conv) to YNNPACK,
-  which ran the stage-1 MLP and downsampling fusions 2-4x slower than the
-  bare matmuls. :data:`INFERENCE_XLA_FLAGS` keeps YNNPACK to individual dots.
+  which ran them slower than the bare matmuls (``bench/profile_ops.py``). :data:`INFERENCE_XLA_FLAGS` keeps YNNPACK to individual dots.
   The training step is faster with the default (its backward reductions gain
   from the fusion), so only ``eval.py`` sets them.
 """
