@@ -62,28 +62,11 @@ def build_infer(args):
 
 def build_train(args):
     import jax
-    import numpy as np
+    from train_step import build_step  # bench/, on sys.path when run as a script
 
-    from vheat_jax.train import optim, sharding
-    from vheat_jax.train.config import default_config
-    from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
-
-    config = default_config()
-    config.model.name, config.image_size, config.compute_dtype = args.model, args.image_size, "float32"
-    model = build_model(config)
-    tx, schedule = optim.create_optimizer(config.optimizer, global_batch_size=args.batch, warmup_steps=10,
-                                          total_steps=1000)
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    factory = StateFactory(model, tx, mesh, config)
-    step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
-    rng = np.random.default_rng(0)
-    batch = sharding.global_batch({
-        "image": rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
-        "label": np.full((args.batch, config.num_classes), 1.0 / config.num_classes, np.float32),
-        "valid": np.ones(args.batch, np.float32),
-    }, mesh)
-    holder = {"state": factory.fresh()}
-    hlo = step.lower(holder["state"], batch).compile().as_text()
+    _, step, state, batch = build_step(args.model, args.image_size, args.batch)
+    holder = {"state": state}
+    hlo = step.lower(state, batch).compile().as_text()
 
     def run():
         holder["state"], metrics = step(holder["state"], batch)

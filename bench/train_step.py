@@ -25,6 +25,34 @@ from vheat_jax.train.config import default_config
 from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
 
 
+def build_step(model_name: str, image_size: int, batch_size: int, *, dtype: str = "float32", remat: bool = False,
+               hco_form: str = "auto"):
+    """``(model, jitted step, fresh state, device batch)``: the trainer's step on one device, a fixed batch."""
+    config: ml_collections.ConfigDict = default_config()
+    config.model.name = model_name
+    config.image_size = image_size
+    config.compute_dtype = dtype
+    config.remat = remat
+    config.model.hco_form = hco_form
+    model = build_model(config)
+    tx, schedule = optim.create_optimizer(
+        config.optimizer, global_batch_size=batch_size, warmup_steps=10, total_steps=1000
+    )
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    factory = StateFactory(model, tx, mesh, config)
+    step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
+    rng = np.random.default_rng(0)
+    batch = sharding.global_batch(
+        {
+            "image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+            "label": np.full((batch_size, config.num_classes), 1.0 / config.num_classes, np.float32),
+            "valid": np.ones(batch_size, np.float32),
+        },
+        mesh,
+    )
+    return model, step, factory.fresh(), batch
+
+
 def main() -> None:
     runtime.reexec_with_huge_pages()  # as train.py does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,29 +65,8 @@ def main() -> None:
     parser.add_argument("--hco-form", default="auto", help="heat operator layout (vheat_jax.heat.HCO_FORMS)")
     args = parser.parse_args()
 
-    config: ml_collections.ConfigDict = default_config()
-    config.model.name = args.model
-    config.image_size = args.image_size
-    config.compute_dtype = args.dtype
-    config.remat = args.remat
-    config.model.hco_form = args.hco_form
-    model = build_model(config)
-    tx, schedule = optim.create_optimizer(
-        config.optimizer, global_batch_size=args.batch, warmup_steps=10, total_steps=1000
-    )
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    factory = StateFactory(model, tx, mesh, config)
-    step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
-    rng = np.random.default_rng(0)
-    batch = sharding.global_batch(
-        {
-            "image": rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
-            "label": np.full((args.batch, config.num_classes), 1.0 / config.num_classes, np.float32),
-            "valid": np.ones(args.batch, np.float32),
-        },
-        mesh,
-    )
-    state = factory.fresh()
+    model, step, state, batch = build_step(args.model, args.image_size, args.batch, dtype=args.dtype,
+                                           remat=args.remat, hco_form=args.hco_form)
 
     start = time.perf_counter()
     state, metrics = step(state, batch)
