@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    from vheat_jax.train.trainer import train_and_evaluate
+    from vheat_jax.train.loop import train_and_evaluate
 
     spec = importlib.util.spec_from_file_location("digits_demo", ROOT / "configs" / "digits_demo.py")
     module = importlib.util.module_from_spec(spec)

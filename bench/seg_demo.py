@@ -35,7 +35,7 @@ def main():
         config.num_steps = args.steps
         config.eval_every_steps = config.checkpoint_every_steps = args.steps
 
-    from vheat_jax.seg.trainer import train_and_evaluate
+    from vheat_jax.train.loop import train_and_evaluate
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="seg_demo_")
     start = time.perf_counter()

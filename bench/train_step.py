@@ -22,7 +22,7 @@ import numpy as np
 from vheat_jax import runtime
 from vheat_jax.train import optim, sharding
 from vheat_jax.train.config import default_config
-from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
+from vheat_jax.train.classification import StateFactory, build_model, jit_train_step
 
 
 def build_step(model_name: str, image_size: int, batch_size: int, *, dtype: str = "float32", remat: bool = False,

@@ -27,12 +27,12 @@ def get_config():
     config.global_batch_size = 8
     config.num_workers = 2
 
-    config.model.backbone = "vheat_tiny"
+    config.model.name = "vheat_tiny"
     config.model.dims = 16
     config.model.depths = (1, 1, 2, 1)
     config.model.img_size = 128
     config.model.drop_path_rate = 0.0
-    config.model.num_classes = 3
+    config.num_classes = 3
     config.model.fpn_channels = 48
     config.model.rpn_feat_channels = 48
     config.model.fc_channels = 128

@@ -1,7 +1,7 @@
 """Mask R-CNN 1x on COCO with the vHeat-T backbone: the official recipe (paper: 45.1 box mAP).
 
     python det_train.py --config configs/maskrcnn_vheat_tiny_1x.py --workdir /ckpt/mrcnn_t_1x \
-        --config.data_dir=/data/coco --config.init_backbone_from=vHeat_tiny.pth
+        --config.data_dir=/data/coco --config.init_from=vHeat_tiny.pth
 
 mmdetection's ``mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py`` schedule with the vHeat
 backbone: 12 epochs, 16 images per step (mmdetection: 8 GPUs x 2; our loss is
@@ -19,5 +19,5 @@ BACKBONES = {"tiny": ("vheat_tiny", 0.1), "small": ("vheat_small", 0.3), "base":
 
 def get_config(variant: str = "tiny"):
     config = default_config()
-    config.model.backbone, config.model.drop_path_rate = BACKBONES[variant]
+    config.model.name, config.model.drop_path_rate = BACKBONES[variant]
     return config

@@ -1,7 +1,7 @@
 """Mask R-CNN 3x multi-scale on COCO with the vHeat-T backbone (official 3x recipe; ``:small`` for vHeat-S).
 
     python det_train.py --config configs/maskrcnn_vheat_tiny_3x.py --workdir /ckpt/mrcnn_t_3x \
-        --config.data_dir=/data/coco --config.init_backbone_from=vHeat_tiny.pth
+        --config.data_dir=/data/coco --config.init_from=vHeat_tiny.pth
 
 mmdetection's ``mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py`` schedule: 36 epochs,
 x0.1 at epochs 27 and 33, same optimizer and warm-up as 1x; the training image is
@@ -20,7 +20,7 @@ BACKBONES = {"tiny": ("vheat_tiny", 0.1), "small": ("vheat_small", 0.3), "base":
 
 def get_config(variant: str = "tiny"):
     config = default_config()
-    config.model.backbone, config.model.drop_path_rate = BACKBONES[variant]
+    config.model.name, config.model.drop_path_rate = BACKBONES[variant]
     config.train_scales = MULTISCALE_3X
     config.num_epochs = 36.0
     config.optimizer.milestones_epochs = (27, 33)

@@ -25,8 +25,8 @@ def get_config():
     config.aug.scale = (128, 96)
     config.aug.crop_size = (64, 64)
 
-    config.model.variant = "vheat_tiny"
-    config.model.backbone_overrides = {"dims": 16, "depths": (1, 1, 2, 1)}
+    config.model.name = "vheat_tiny"
+    config.model.dims, config.model.depths = 16, (1, 1, 2, 1)
     config.model.img_size = 64
     config.model.channels = 32
     config.model.aux_channels = 16

@@ -12,6 +12,6 @@ from vheat_jax.seg.config import default_seg_config
 
 def get_config():
     config = default_seg_config()
-    config.model.variant = "vheat_small"
+    config.model.name = "vheat_small"
     config.model.drop_path_rate = 0.4
     return config

@@ -12,6 +12,6 @@ from vheat_jax.seg.config import default_seg_config
 
 def get_config():
     config = default_seg_config()
-    config.model.variant = "vheat_tiny"
+    config.model.name = "vheat_tiny"
     config.model.drop_path_rate = 0.3
     return config

@@ -48,7 +48,7 @@ def test_coco_source_and_loader(shapes_root):
     # two processes each load their half of the same global batch
     halves = [next(data.DetLoader(source, global_batch=4, scales=[(144, 120)], max_gt=5, seed=0, process_index=p,
                                   process_count=2, num_threads=1))["gt_boxes"] for p in range(2)]
-    fresh.set_state({"epoch": 0, "position": 0, "pending": {"landscape": [], "portrait": []}})
+    fresh.set_state(b'{"epoch": 0, "position": 0, "pending": {"landscape": [], "portrait": []}}')
     np.testing.assert_array_equal(np.concatenate(halves), next(fresh)["gt_boxes"])
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import vheat_jax
-from conftest import VHEAT_CASES, VHEAT_FIXTURES, load_case, nchw_to_nhwc
+from conftest import VHEAT_CASES, load_case, nchw_to_nhwc
 
 ATOL = 5e-5
 

@@ -2,29 +2,22 @@
 
 import jax
 import numpy as np
+import seg_tiny_config
 from conftest import VHEAT_FIXTURES
 from flax import traverse_util
 
 from vheat_jax.convert import params_from_torch
-from vheat_jax.seg.config import default_seg_config
 from vheat_jax.seg.convert import read_mmseg_checkpoint
 from vheat_jax.seg.evaluation import load_for_evaluation
 from vheat_jax.seg.pretrained import initial_variables
-from vheat_jax.seg.trainer import build_model, train_and_evaluate
+from vheat_jax.seg.training import build_model
+from vheat_jax.train.loop import train_and_evaluate
 
 
 def tiny_config(num_steps):
-    config = default_seg_config()
-    config.dataset = "synthetic"
-    config.synthetic = {"num_train": 16, "num_val": 2, "height": 48, "width": 64}
-    config.num_classes, config.reduce_zero_label = 5, False
-    config.global_batch_size, config.num_workers = 4, 0
-    config.aug.scale, config.aug.crop_size = (64, 48), (32, 32)
-    config.model.backbone_overrides = {"dims": 8, "depths": (1, 1, 1, 1)}
-    config.model.img_size, config.model.channels, config.model.aux_channels = 32, 8, 4
-    config.optimizer.lr, config.optimizer.warmup_steps = 1e-3, 1
+    config = seg_tiny_config.get_config()
     config.num_steps, config.eval_every_steps, config.checkpoint_every_steps = num_steps, 2, 1
-    config.test.crop_size, config.test.stride, config.test.scale = (32, 32), (21, 21), (64, 48)
+    config.log_every_steps, config.keep_checkpoints = 50, 3
     return config
 
 
@@ -45,7 +38,7 @@ def test_train_evaluate_resume_export(tmp_path):
 
 def test_imagenet_init_pads_frequency_embeddings_as_the_official_recipe():
     config = tiny_config(1)
-    config.model.backbone_overrides = {"dims": 16, "depths": (1, 1, 2, 1)}
+    config.model.dims, config.model.depths = 16, (1, 1, 2, 1)
     config.model.img_size = 128  # the classification fixture is trained at 64
     cfg, model = build_model(config)
     shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))

@@ -13,7 +13,7 @@ from vheat_jax import Arch, ArchitectureMismatchError, export_torch, save_msgpac
 from vheat_jax.resize import resize_bicubic_hw
 from vheat_jax.train import optim, sharding
 from vheat_jax.train.pretrained import load_pretrained
-from vheat_jax.train.trainer import StateFactory, build_model
+from vheat_jax.train.classification import StateFactory, build_model
 
 
 def tiny_config(**changes):

@@ -12,9 +12,15 @@ from train_support import ROOT
 
 from vheat_jax import create_model
 from vheat_jax.train import optim
-from vheat_jax.train.trainer import resolve_run_length
+from vheat_jax.train.loop import resolve_run_length, resolve_steps
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def run_length(config, num_images: int):
+    """``(RunLength, warm-up steps)`` as the classification task resolves them."""
+    steps_per_epoch = num_images // config.global_batch_size
+    return resolve_run_length(config, steps_per_epoch), resolve_steps(config, "warmup", steps_per_epoch)
 
 
 def load_config(name: str, *args):
@@ -42,11 +48,11 @@ def test_imagenet_configs_carry_the_official_recipe(name, variant, drop_path):
 
 def test_recipe_schedule_at_sampled_steps():
     config = load_config("vheat_t")
-    run = resolve_run_length(config, IMAGENET_TRAIN_IMAGES)
+    run, warmup_steps = run_length(config, IMAGENET_TRAIN_IMAGES)
     # 1,281,167 // 2048 = 625 steps per epoch.
-    assert (run.steps_per_epoch, run.total_steps, run.warmup_steps) == (625, 187_500, 12_500)
+    assert (run.steps_per_epoch, run.total_steps, warmup_steps) == (625, 187_500, 12_500)
     _, schedule = optim.create_optimizer(
-        config.optimizer, global_batch_size=2048, warmup_steps=run.warmup_steps, total_steps=run.total_steps
+        config.optimizer, global_batch_size=2048, warmup_steps=warmup_steps, total_steps=run.total_steps
     )
     # lr = value * 2048 / 512: warm-up 2e-6 -> base 2e-3, cosine to min 2e-5 over 175,000 steps.
     expected = {
@@ -66,10 +72,10 @@ def test_steps_override_epochs():
     config = load_config("vheat_t")
     config.num_steps = 1000
     config.eval_every_steps = 250
-    run = resolve_run_length(config, IMAGENET_TRAIN_IMAGES)
-    assert (run.total_steps, run.warmup_steps, run.eval_every_steps) == (1000, 12_500, 250)
+    run, warmup_steps = run_length(config, IMAGENET_TRAIN_IMAGES)
+    assert (run.total_steps, warmup_steps, run.eval_every_steps) == (1000, 12_500, 250)
     config.global_batch_size = 1024  # epochs are converted with the global batch
-    assert resolve_run_length(config, IMAGENET_TRAIN_IMAGES).warmup_steps == 20 * 1251
+    assert run_length(config, IMAGENET_TRAIN_IMAGES)[1] == 20 * 1251
 
 
 def test_weight_decay_skips_1d_params_and_biases_but_not_freq_embed():

@@ -19,7 +19,7 @@ import importlib.util, json, sys
 import jax, numpy as np
 from vheat_jax.train import optim, sharding
 from vheat_jax.train.state import new_train_state
-from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
+from vheat_jax.train.classification import StateFactory, build_model, jit_train_step
 
 spec = importlib.util.spec_from_file_location("tiny", sys.argv[1])
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)

@@ -16,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests" / "train_tiny_config.py"
 NUM_CLASSES = 4
 
+# The runs of the loop-guarantee tests (test_train_runs.py, test_task_guarantees.py): checkpoints
+# every 2 steps keep a run busy long enough to be interrupted mid-way; two evaluations for retention.
+GUARANTEE_STEPS = 24
+GUARANTEE_OVERRIDES = (
+    f"--config.num_steps={GUARANTEE_STEPS}",
+    "--config.checkpoint_every_steps=2",
+    "--config.keep_checkpoints=3",
+    "--config.eval_every_steps=12",
+)
+
 
 def write_image_folder(root: Path, train_per_class: int = 12, val_per_class: int = 3, size: int = 32) -> Path:
     """``root/{train,val}/class_<k>/<i>.png``: noise around a class-specific colour (learnable, 4 classes)."""
@@ -47,20 +57,16 @@ def subprocess_env(jax_cache_dir: Path, num_devices: int = 1, **extra: str) -> d
     return env
 
 
-def train_command(workdir: Path, data_dir: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"--config={TINY_CONFIG}",
-        f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
-        *overrides,
-    ]
+def train_command(workdir: Path, data_dir: Path | None, *overrides: str, config: Path = TINY_CONFIG) -> list[str]:
+    data = [f"--config.data_dir={data_dir}"] if data_dir is not None else []
+    return [sys.executable, str(ROOT / "train.py"), f"--config={config}", f"--workdir={workdir}", *data, *overrides]
 
 
-def start_train(workdir: Path, data_dir: Path, *overrides: str, env: dict[str, str]) -> subprocess.Popen:
+def start_train(
+    workdir: Path, data_dir: Path | None, *overrides: str, env: dict[str, str], config: Path = TINY_CONFIG
+) -> subprocess.Popen:
     return subprocess.Popen(
-        train_command(workdir, data_dir, *overrides),
+        train_command(workdir, data_dir, *overrides, config=config),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -70,10 +76,21 @@ def start_train(workdir: Path, data_dir: Path, *overrides: str, env: dict[str, s
 
 
 def run_train(
-    workdir: Path, data_dir: Path, *overrides: str, env: dict[str, str], timeout: float = 180, check: bool = True
+    workdir: Path,
+    data_dir: Path | None,
+    *overrides: str,
+    env: dict[str, str],
+    timeout: float = 300,
+    check: bool = True,
+    config: Path = TINY_CONFIG,
 ) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        train_command(workdir, data_dir, *overrides), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        train_command(workdir, data_dir, *overrides, config=config),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited with {result.returncode}:\n{result.stderr[-5000:]}")
@@ -126,3 +143,18 @@ def flat_arrays(tree) -> dict[str, np.ndarray]:
     import jax
 
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def assert_same_final_state(workdir: Path, reference: Path, metric: str, num_steps: int = GUARANTEE_STEPS) -> None:
+    """``workdir`` ended exactly as ``reference``: last checkpoint, data position and final evaluation."""
+    assert checkpoint_steps(workdir)[-1] == num_steps
+    got, want = flat_arrays(saved_state(workdir, num_steps)), flat_arrays(saved_state(reference, num_steps))
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert saved_data_position(workdir, num_steps) == saved_data_position(reference, num_steps)
+
+    def final_eval(run: Path) -> list[dict]:
+        return [row for row in read_metrics(run) if row["step"] == num_steps and f"eval/{metric}" in row]
+
+    assert final_eval(workdir) == final_eval(reference)

@@ -94,8 +94,10 @@ def arch_from_state_dict(state_dict: Mapping[str, Any], post_norm: bool | None =
         # Pre/post-norm leave no trace in the weights. The official variants pair
         # post-norm with layer scale (S, B) and pre-norm without it (T).
         post_norm = layer_scale is not None
-        log.warning("checkpoint does not say pre- or post-norm; assuming post_norm=%s "
-                    "(official pairing with layer scale). Pass post_norm= to override.", post_norm)
+        log.warning("the checkpoint does not say pre- or post-norm; assuming %s, as the official variants "
+                    "pair it with %s layer scale. Override with --post-norm=true/false (convert_torch.py), "
+                    "--post_norm (eval.py) or post_norm= in Python.",
+                    "post-norm" if post_norm else "pre-norm", "their" if post_norm else "no")
     return Arch(
         dims=int(dims), depths=stage_depths, post_norm=bool(post_norm), layer_scale=layer_scale,
         img_size=int(res0) * 4, num_classes=None if head is None else int(head.shape[0]),
@@ -110,6 +112,15 @@ def _config_get(config: Mapping, *path: str) -> Any:
             return None
         node = node[name]
     return node
+
+
+def official_post_norm(config: Mapping) -> bool | None:
+    """``MODEL.VHEAT.POST_NORM`` of the official config, when it says (a bool; anything else is refused)."""
+    value = _config_get(config, "MODEL", "VHEAT", "POST_NORM")
+    if value is not None and not isinstance(value, bool):
+        raise ArchitectureMismatchError(
+            f"checkpoint config MODEL.VHEAT.POST_NORM is {value!r} ({type(value).__name__}), not a bool")
+    return value
 
 
 def arch_from_official_config(config: Mapping, weights_arch: Arch) -> Arch:
@@ -131,7 +142,7 @@ def arch_from_official_config(config: Mapping, weights_arch: Arch) -> Arch:
         asked.pop("img_size", None)  # an inference-form k_exp may have been built for another size
     check_arch(weights_arch, weights_arch.replace(**asked), found_what="checkpoint weights",
                asked_what="checkpoint config")
-    post_norm = vheat.get("POST_NORM")
+    post_norm = official_post_norm(config)
     layer_scale = vheat.get("LAYER_SCALE")
     return weights_arch.replace(
         **asked,

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from vheat_jax.arch import Arch, arch_from_official_config, arch_from_state_dict
+from vheat_jax.arch import Arch, arch_from_official_config, arch_from_state_dict, official_post_norm
 from vheat_jax.keymap import flax_to_torch, torch_to_flax
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
 
@@ -89,7 +89,8 @@ def params_from_torch(path: str | os.PathLike, *, ema: bool = False,
     """Reads an official checkpoint into ``(arch, params)``, with strict key and shape checks."""
     ckpt = load_pth(path)
     state_dict, config = split_checkpoint(ckpt, ema=ema, path=str(path))
-    found = arch_from_state_dict(state_dict, post_norm=post_norm)
+    said = official_post_norm(config) if isinstance(config, Mapping) else None
+    found = arch_from_state_dict(state_dict, post_norm=said if post_norm is None else post_norm)
     arch = found
     if isinstance(config, Mapping):
         arch = arch_from_official_config(config, found)

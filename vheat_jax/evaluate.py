@@ -28,26 +28,16 @@ from vheat_jax.flops import model_macs
 from vheat_jax.forms import to_inference_form
 from vheat_jax.train import sharding
 from vheat_jax.train.pretrained import arch_of
-from vheat_jax.train.trainer import build_model, data_config
-
-
-def restore_workdir_params(workdir: Path, *, ema: bool) -> tuple[int, dict]:
-    """``(step, params)`` of the latest checkpoint in a trainer workdir."""
-    import orbax.checkpoint as ocp
-
-    with ocp.CheckpointManager((workdir / "checkpoints").absolute(), item_names=("state",)) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-    return step, state["ema_params" if ema else "params"]
+from vheat_jax.train.checkpointing import restore_latest
+from vheat_jax.train.classification import build_model, data_config
 
 
 def load_for_eval(checkpoint: str, config, *, ema: bool, post_norm: bool | None = None) -> tuple[Arch, dict, str]:
     """``(arch, params, description)`` from any supported checkpoint."""
     path = Path(checkpoint)
     if (path / "checkpoints").is_dir():
-        step, params = restore_workdir_params(path, ema=ema)
+        step, state = restore_latest(path)
+        params = state["ema_params" if ema else "params"]
         return arch_of(build_model(config)), params, f"{path} step {step} ({'EMA' if ema else 'raw'} params)"
     arch, params = load_any(path, ema=ema, post_norm=post_norm)
     if arch.dense:

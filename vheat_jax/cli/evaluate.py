@@ -17,12 +17,11 @@ import os
 from pathlib import Path
 
 import jax.numpy as jnp
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from vheat_jax import runtime
+from vheat_jax.cli import common
 
-config_flags.DEFINE_config_file("config", "configs/vheat_t.py", "Config file (path[:argument]): data and model.")
 flags.DEFINE_string("checkpoint", None, "Trainer workdir, convert_torch.py output (dir or .msgpack), or official .pth. "
                     "Optional with --throughput: random weights of the config's model.")
 flags.DEFINE_bool("ema", False, "Evaluate the EMA weights (workdir: ema_params; .pth: model_ema).")
@@ -40,7 +39,7 @@ flags.DEFINE_string("workdir", "/tmp/vheat_eval", "Where data sets that are mate
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        common.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
     # Before anything creates the JAX backend (see vheat_jax/runtime.py).
     xla_flags = runtime.add_xla_flags(runtime.INFERENCE_XLA_FLAGS)
     from vheat_jax import evaluate  # after flag parsing, as train.py
@@ -54,7 +53,7 @@ def main(argv):
     elif FLAGS.throughput:
         arch, params, source = evaluate.random_init(config)
     else:
-        raise app.UsageError("--checkpoint is required to measure accuracy")
+        common.fail("--checkpoint is required to measure accuracy (or pass --throughput)")
     model, params = evaluate.prepare_model(arch, params, form=FLAGS.form, img_size=img_size,
                                            dtype=jnp.dtype(FLAGS.dtype))
     result = {"checkpoint": source, "form": FLAGS.form, "img_size": img_size, "dtype": FLAGS.dtype,
@@ -76,5 +75,4 @@ def main(argv):
 
 
 def run() -> None:
-    runtime.reexec_with_huge_pages()
-    app.run(main)
+    common.run(main, doc=__doc__, module_name=__name__, config_default="configs/vheat_t.py", reexec_huge_pages=True)

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vheat_jax.train.config import ConfigError
+
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
@@ -28,10 +30,12 @@ class ImageFolderSource:
         self.split = split
         split_dir = self.root / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"Image folder split not found: {split_dir}")
+            raise FileNotFoundError(
+                f"image folder split not found: {split_dir} (config.data_dir must hold {split}/<class>/<image> folders)"
+            )
         self.classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
         if not self.classes:
-            raise FileNotFoundError(f"No class directories in {split_dir}")
+            raise FileNotFoundError(f"no class directories in {split_dir} (expected {split_dir}/<class>/<image>)")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         files, labels = [], []
         for c in self.classes:
@@ -43,7 +47,9 @@ class ImageFolderSource:
             files.extend(f"{c}/{n}" for n in names)
             labels.extend([self.class_to_idx[c]] * len(names))
         if not files:
-            raise FileNotFoundError(f"No images found under {split_dir}")
+            raise FileNotFoundError(
+                f"no images under {split_dir} (expected {split_dir}/<class>/<image> with one of {', '.join(IMAGE_EXTENSIONS)})"
+            )
         self.files = files
         self.labels = labels
 
@@ -136,4 +142,4 @@ def make_source(config, split: str):
         return ImageFolderSource(ensure_digits_image_folder(config.data_dir), split)
     if kind == "tfds":
         return TfdsSource(config.tfds_name, split, config.get("data_dir", None) or None)
-    raise ValueError(f"Unknown config.dataset {kind!r}; expected 'imagefolder', 'tfds' or 'digits'")
+    raise ConfigError(f"config.dataset = {kind!r}: expected 'imagefolder', 'tfds' or 'digits'")

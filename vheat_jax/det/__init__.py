@@ -4,7 +4,7 @@
 * :func:`predict` - the jittable batched test-time forward pass (static shapes).
 * :func:`read_mmdet_checkpoint` / :func:`export_mmdet` - mmdetection checkpoints, torch-free, strict.
 * :class:`MaskRCNN`, :class:`MaskRCNNConfig` - the Flax module and its settings.
-* :func:`detection_loss`, :mod:`vheat_jax.det.training`, :mod:`vheat_jax.det.trainer` - training.
+* :func:`detection_loss`, :mod:`vheat_jax.det.training`, :mod:`vheat_jax.det.task` - training (on the shared loop).
 * :func:`batched_nms`, :func:`multilevel_roi_align`, :func:`paste_masks`; the submodules ``nms``,
   ``roi_align``, ``preprocess`` hold the single-level / single-group forms and the test pipeline.
 """

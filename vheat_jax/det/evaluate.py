@@ -61,13 +61,12 @@ def coco_evaluate(annotation_file: str | Path, results: list[dict], iou_types=("
     return metrics
 
 
-def run_coco_eval(predict: Callable, source, *, scale=preprocess.TEST_SCALE, mask_thr: float = 0.5,
-                  max_images: int | None = None, with_masks: bool = True) -> tuple[dict[str, float], list[dict]]:
-    """Runs ``predict(images (1, Hp, Wp, 3), img_hw (1, 2)) -> batched outputs`` on every image of a
-    :class:`~vheat_jax.det.data.CocoSource` and evaluates with pycocotools."""
-    results, image_ids = [], []
-    count = len(source) if max_images is None else min(max_images, len(source))
-    for index in range(count):
+def predict_coco_results(predict: Callable, source, indices: Iterable[int], *, scale=preprocess.TEST_SCALE,
+                         mask_thr: float = 0.5, with_masks: bool = True) -> list[dict]:
+    """COCO result entries of ``predict(images (1, Hp, Wp, 3), img_hw (1, 2)) -> batched outputs`` on the
+    images ``indices`` of a :class:`~vheat_jax.det.data.CocoSource`."""
+    results = []
+    for index in indices:
         record = source.records[index]
         padded, meta = preprocess.preprocess(source.load_image(index), scale)
         out = predict(padded[None], np.asarray([meta.img_shape], np.float32))
@@ -77,6 +76,15 @@ def run_coco_eval(predict: Callable, source, *, scale=preprocess.TEST_SCALE, mas
                   if with_masks else None)
         results += detections_to_coco(record.image_id, boxes, np.asarray(out["scores"][0][keep]),
                                       np.asarray(out["labels"][0][keep]), pasted, source.cat_ids)
-        image_ids.append(record.image_id)
+    return results
+
+
+def run_coco_eval(predict: Callable, source, *, scale=preprocess.TEST_SCALE, mask_thr: float = 0.5,
+                  max_images: int | None = None, with_masks: bool = True) -> tuple[dict[str, float], list[dict]]:
+    """:func:`predict_coco_results` on the first ``max_images`` images (default all), scored by pycocotools."""
+    count = len(source) if max_images is None else min(max_images, len(source))
+    results = predict_coco_results(predict, source, range(count), scale=scale, mask_thr=mask_thr,
+                                   with_masks=with_masks)
+    image_ids = [source.records[i].image_id for i in range(count)]
     iou_types = ("bbox", "segm") if with_masks else ("bbox",)
     return coco_evaluate(source.annotation_file, results, iou_types, image_ids=image_ids), results

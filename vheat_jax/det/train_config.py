@@ -14,18 +14,20 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from vheat_jax.train.config import base_config
+
 # mmdetection's 3x multi-scale recipe: short side from 480 to 800 in steps of 32, long side 1333.
 MULTISCALE_3X = tuple((1333, short) for short in range(480, 801, 32))
 
 
 def default_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    config = base_config("detection")
 
     # --- Data ---
-    config.dataset = "coco"  # "coco" (COCO layout, pycocotools) | "tfds" (coco/2017) | "shapes" (embedded demo)
-    config.data_dir = config_dict.placeholder(str)  # COCO root: train2017/, val2017/, annotations/
-    config.train_split = "train2017"
+    config.dataset = "coco"  # "coco" (COCO layout, pycocotools) | "shapes" (embedded demo)
+    config.train_split = "train2017"  # data_dir is the COCO root: train2017/, val2017/, annotations/
     config.eval_split = "val2017"
+    config.num_classes = 80
     config.train_scales = ((1333, 800),)  # keep-ratio resize, one chosen at random per image
     config.test_scale = (1333, 800)
     config.flip_prob = 0.5
@@ -33,25 +35,18 @@ def default_config() -> ml_collections.ConfigDict:
     config.global_batch_size = 16
     config.loss_group_size = 2  # images per loss normalisation group: mmdetection's images per GPU
     config.num_workers = 8  # loader threads per process
-    config.seed = 0
 
-    # --- Model ---
-    config.model = ml_collections.ConfigDict(dict(
-        backbone="vheat_tiny",  # a vheat_jax variant (dims, depths, layer scale, post-norm)
+    # --- Model: config.model.name is the backbone variant; dims, depths, post_norm, layer_scale override it ---
+    config.model.update(dict(
         img_size=224,  # frequency-embedding size of the backbone (its pre-training size)
         drop_path_rate=0.1,
-        num_classes=80,
         fpn_channels=256,
         rpn_feat_channels=256,
         fc_channels=1024,
         mask_channels=256,
     ))
-    config.remat = False
-    # Initialisation: an mmdetection checkpoint (whole detector), else an ImageNet vHeat checkpoint
-    # (backbone only; .pth / converted), else random.
-    config.init_from_mmdet = ""
-    config.init_backbone_from = ""
-    config.init_backbone_ema = False
+    # init_from: an mmdetection checkpoint (whole detector), else an ImageNet vHeat checkpoint
+    # (backbone only; .pth / converted); empty: random.
 
     # --- Optimizer and schedule ---
     config.optimizer = ml_collections.ConfigDict(dict(
@@ -60,7 +55,6 @@ def default_config() -> ml_collections.ConfigDict:
         grad_clip_norm=0.0,
     ))
     config.num_epochs = 12.0
-    config.num_steps = config_dict.placeholder(int)  # wins over num_epochs when set
 
     # --- Static capacities of the training graph (mmdetection's train_cfg otherwise) ---
     config.rpn_proposal_nms_pre = 2000
@@ -69,13 +63,6 @@ def default_config() -> ml_collections.ConfigDict:
     config.rpn_test_nms_pre = 1000
     config.rpn_test_max_per_img = 1000
 
-    # --- Evaluation, logging, checkpoints ---
-    config.eval_every_epochs = 1.0
+    # --- Evaluation ---
     config.eval_max_images = config_dict.placeholder(int)
-    config.log_every_steps = 50
-    config.checkpoint_every_steps = 1000
-    config.keep_checkpoints = 3
-    config.distributed = ml_collections.ConfigDict(dict(
-        mode="auto", coordinator_address=config_dict.placeholder(str),
-        num_processes=config_dict.placeholder(int), process_id=config_dict.placeholder(int)))
     return config

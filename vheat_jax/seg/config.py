@@ -13,37 +13,30 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from vheat_jax.train.config import base_config
+
 
 def default_seg_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    config = base_config("segmentation")
 
     # --- Data ---
     config.dataset = "ade20k"  # "ade20k" (ADEChallengeData2016 folder) | "tfds" | "synthetic"
-    config.data_dir = config_dict.placeholder(str)
     config.tfds_name = "scene_parse150"
-    config.train_split = "train"
-    config.eval_split = "val"
     config.num_classes = 150
     config.reduce_zero_label = True  # ADE20K: label 0 ("other") is ignored, 1..150 -> 0..149
     config.synthetic = ml_collections.ConfigDict()  # ShapesSource arguments when dataset == "synthetic"
     config.global_batch_size = 16
     config.num_workers = 4  # grain worker processes per host
-    config.seed = 0
     config.aug = ml_collections.ConfigDict({
         "scale": (2048, 512), "ratio_range": (0.5, 2.0), "crop_size": (512, 512), "cat_max_ratio": 0.75,
         "flip_prob": 0.5, "photometric": True})
 
-    # --- Model ---
-    config.model = ml_collections.ConfigDict({
-        "variant": "vheat_tiny",  # backbone hyper-parameters from vheat_jax.variants ...
-        "backbone_overrides": ml_collections.ConfigDict(),  # ... with any Arch field replaced (dims, depths, ...)
+    # --- Model: config.model.name is the backbone variant; dims, depths, post_norm, layer_scale override it ---
+    config.model.update({
         "img_size": 512,  # frequency embeddings are sized for this input
         "channels": 512, "aux_channels": 256, "pool_scales": (1, 2, 3, 6), "dropout_ratio": 0.1,
         "drop_path_rate": 0.3})
     config.aux_loss_weight = 0.4
-    config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
-    config.remat = False
-    config.fsdp = False
 
     # --- Optimizer (vheat_jax.seg.optim) ---
     config.optimizer = ml_collections.ConfigDict({
@@ -55,19 +48,13 @@ def default_seg_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 16_000
     config.checkpoint_every_steps = 16_000
     config.log_every_steps = 50
-    config.keep_checkpoints = 3
 
     # --- Evaluation (mmseg test_cfg and test pipeline) ---
     config.test = ml_collections.ConfigDict({
         "mode": "slide", "crop_size": (512, 512), "stride": (341, 341), "scale": (2048, 512)})
 
-    # --- Initialisation ---
-    config.init_from = ""  # ImageNet checkpoint (ours: Orbax dir / .msgpack; official .pth) or an mmseg UperNet .pth
-    config.init_from_ema = False
+    # --- Initialisation: init_from is an ImageNet checkpoint (ours: Orbax dir / .msgpack; official .pth)
+    # or an mmseg UperNet .pth ---
     config.init_adapt_method = "zero_pad"  # frequency embeddings to img_size: official zero_pad, or bicubic
     config.init_post_norm = config_dict.placeholder(bool)  # for checkpoints that do not say
-
-    config.distributed = ml_collections.ConfigDict({
-        "mode": "auto", "coordinator_address": config_dict.placeholder(str),
-        "num_processes": config_dict.placeholder(int), "process_id": config_dict.placeholder(int)})
     return config

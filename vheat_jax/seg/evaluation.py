@@ -13,13 +13,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
+from vheat_jax.seg import training
 from vheat_jax.seg.convert import read_mmseg_checkpoint
 from vheat_jax.seg.inference import InferenceConfig, Segmenter
 from vheat_jax.seg.metrics import IoUAccumulator
 from vheat_jax.seg.model import UperNet
 from vheat_jax.seg.pipeline import eval_examples
+from vheat_jax.train.checkpointing import restore_latest
 
 
 def inference_config(config) -> InferenceConfig:
@@ -52,6 +55,10 @@ def load_for_evaluation(config, checkpoint: str | Path) -> tuple[UperNet, dict]:
     if checkpoint.is_file():
         ckpt = read_mmseg_checkpoint(checkpoint, post_norm=config.init_post_norm)
         return ckpt.model, ckpt.variables
-    from vheat_jax.seg.trainer import restore_variables
-
-    return restore_variables(config, checkpoint)
+    cfg, model = training.build_model(config)
+    *_, abstract = training.abstract_state(config, model, total_steps=1)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    step, state = restore_latest(checkpoint, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract))
+    logging.info("restored step %d from %s", step, checkpoint)
+    return cfg.build(), {"params": state.params, "batch_stats": state.batch_stats}

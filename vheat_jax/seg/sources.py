@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vheat_jax.train.config import ConfigError
+
 ADE20K_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
 
@@ -85,7 +87,8 @@ def make_seg_source(config, split: str):
     """The source for ``config.dataset`` in {"ade20k", "tfds", "synthetic"}."""
     if config.dataset == "ade20k":
         if not config.data_dir:
-            raise ValueError("config.data_dir must point at ADEChallengeData2016 (images/, annotations/)")
+            raise ConfigError("config.data_dir must point at ADEChallengeData2016 (images/, annotations/): "
+                              "set --config.data_dir=...")
         return ADE20KFolderSource(config.data_dir, split)
     if config.dataset == "tfds":
         return TfdsSegSource(config.tfds_name, split, config.data_dir or None)
@@ -93,4 +96,4 @@ def make_seg_source(config, split: str):
         from vheat_jax.seg.synthetic import ShapesSource
 
         return ShapesSource(split, **config.synthetic)
-    raise ValueError(f"unknown config.dataset {config.dataset!r}; expected 'ade20k', 'tfds' or 'synthetic'")
+    raise ConfigError(f"config.dataset = {config.dataset!r}: expected 'ade20k', 'tfds' or 'synthetic'")

@@ -18,7 +18,7 @@ from jax.experimental import topologies
 
 from vheat_jax.benchmark import compiled_memory, live_bytes
 from vheat_jax.train import optim, sharding
-from vheat_jax.train.trainer import StateFactory, build_model, jit_train_step
+from vheat_jax.train.classification import StateFactory, build_model, jit_train_step
 
 BATCH_FIELDS = ("image", "label", "valid")
 

@@ -13,8 +13,10 @@ only when everything is on disk, so a process killed mid-save leaves the
 previous checkpoints intact; leftover temporary directories are ignored by
 ``latest_step`` and removed when the next manager opens the directory.
 
-Retention: the latest ``keep`` checkpoints, plus the one with the best EMA
-top-1 among those saved with evaluation metrics.
+Retention: the latest ``keep`` checkpoints, plus the one with the best value of the
+task's metric (EMA top-1, mIoU, box mAP) among those saved with evaluation metrics.
+
+:func:`restore_latest` is the one way evaluators read "the latest state of a workdir".
 """
 
 from __future__ import annotations
@@ -27,14 +29,9 @@ import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-BEST_METRIC = "ema_top1"
 # Orbax warns at every save without metrics when best-checkpoint tracking is on;
 # saves between evaluations have none by design.
 _SAVE_WITHOUT_METRICS_WARNING = "Requested `tracked_metric`; did not provide metrics."
-
-
-def _best_metric(metrics: dict[str, float]) -> float:
-    return metrics[BEST_METRIC]
 
 
 def _drop_save_without_metrics_warning(record: logging.LogRecord) -> bool:
@@ -42,9 +39,14 @@ def _drop_save_without_metrics_warning(record: logging.LogRecord) -> bool:
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int):
+    def __init__(self, directory: str | Path, keep: int, best_metric: str):
         if keep < 1:
             raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}")
+        self.best_metric = best_metric
+
+        def _best_metric(metrics: dict[str, float]) -> float:
+            return metrics[best_metric]
+
         retention = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(n=keep),
@@ -68,16 +70,21 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def best(self) -> tuple[float, int] | None:
-        """``(best EMA top-1, its step)`` among the checkpoints saved with metrics."""
+        """``(best value of the metric, its step)`` among the checkpoints saved with metrics."""
         scored = [
-            (metrics[BEST_METRIC], step)
+            (metrics[self.best_metric], step)
             for step in self._manager.all_steps()
             if (metrics := self._manager.metrics(step))
         ]
         return max(scored) if scored else None
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
-        """Starts an asynchronous save; the data-iterator state is captured before this returns."""
+        """Starts an asynchronous save; the data-iterator state is captured before this returns.
+
+        ``data_iterator`` is a grain iterator, or any object whose ``get_state()`` returns
+        JSON bytes (with ``set_state(bytes)`` and ``start_prefetch()``): grain's handler
+        stores either as one JSON file per process.
+        """
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -103,3 +110,19 @@ class Checkpointer:
         """Waits for pending saves to be committed, then releases the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def restore_latest(workdir: str | Path, abstract_state: Any = None) -> tuple[int, Any]:
+    """``(step, state)`` of the latest checkpoint in a training ``workdir``.
+
+    Without ``abstract_state`` the state comes back as nested dicts of host arrays.
+    """
+    directory = Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{workdir} is not a training workdir (no checkpoints/ in it)")
+    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return step, restored.state

@@ -1,7 +1,15 @@
-"""Every field the trainer reads, with the official vHeat ImageNet-1k recipe as defaults.
+"""The config vocabulary: fields every task shares, then the classification recipe.
 
-The recipe is the official ``classification/configs`` of vHeat (which follow the
-Swin Transformer trainer): 300 epochs, 20 warm-up epochs, AdamW (0.9, 0.999,
+:func:`base_config` declares, once, what the shared training loop
+(:mod:`vheat_jax.train.loop`) reads for every task: the task name, data location
+and splits, batch size, seed, the model's variant name and regularisation, compute
+dtype / remat / FSDP, durations and intervals, checkpoint retention, fine-tuning
+source and the multi-process settings. Each task's defaults
+(:func:`default_config` here, ``vheat_jax.seg.config``, ``vheat_jax.det.train_config``)
+start from it and add their own fields.
+
+The classification recipe is the official ``classification/configs`` of vHeat (which
+follow the Swin Transformer trainer): 300 epochs, 20 warm-up epochs, AdamW (0.9, 0.999,
 eps 1e-8), base lr 5e-4 / warm-up lr 5e-7 / min lr 5e-6 per 512 images (scaled
 linearly with the global batch), cosine decay per step, weight decay 0.08,
 gradient clipping at global norm 5, label smoothing 0.1, RandAugment
@@ -19,23 +27,97 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+TASKS = ("classification", "segmentation", "detection")
+
+# Fields of earlier config schemas and what replaced them; a config that still sets one is refused
+# with a line naming the new field (see check_renamed_fields).
+RENAMED_FIELDS = {
+    "model.variant": "model.name",
+    "model.backbone": "model.name",
+    "model.backbone_overrides": "model.<field> (e.g. model.dims, model.depths)",
+    "model.num_classes": "num_classes",
+    "init_backbone_from": "init_from",
+    "init_backbone_ema": "init_from_ema",
+    "init_from_mmdet": "init_from (it accepts an mmdetection checkpoint too)",
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run: the message names the field and the fix."""
+
+
+def base_config(task: str) -> ml_collections.ConfigDict:
+    """The fields the shared training loop reads, for every task."""
+    if task not in TASKS:
+        raise ConfigError(f"config.task = {task!r}: choose one of {', '.join(TASKS)}")
+    config = ml_collections.ConfigDict()
+    config.task = task
+
+    # --- Data ---
+    config.dataset = ""
+    config.data_dir = config_dict.placeholder(str)
+    config.train_split = "train"
+    config.eval_split = "val"
+    config.num_classes = 0
+    # Images per optimizer update, summed over all processes (and accumulation steps).
+    config.global_batch_size = 16
+    config.num_workers = 4  # loader workers per host
+    config.seed = 0
+
+    # --- Model: a vheat_jax variant (vheat_tiny / small / base), any backbone field overridable ---
+    config.model = ml_collections.ConfigDict(dict(name="vheat_tiny", drop_path_rate=0.1))
+    config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
+    config.remat = False  # rematerialise each Heat block in the backward pass (less memory, more compute)
+    config.fsdp = False  # shard params and optimizer state over the data axis (ZeRO-3 style)
+
+    # --- Durations and intervals (``*_steps`` wins over ``*_epochs`` when set) ---
+    config.num_epochs = 1.0
+    config.num_steps = config_dict.placeholder(int)
+    config.eval_every_epochs = 1.0
+    config.eval_every_steps = config_dict.placeholder(int)
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3  # the latest K; the best by the task's metric is kept as well
+
+    # --- Fine-tuning source (what each task accepts: its module's docstring) ---
+    config.init_from = ""
+    config.init_from_ema = False  # with a .pth of the official trainer: its model_ema weights
+
+    # --- Multi-process runs (see vheat_jax/train/distributed.py) ---
+    config.distributed = ml_collections.ConfigDict(
+        dict(
+            mode="auto",  # "auto" | "on" | "off"
+            coordinator_address=config_dict.placeholder(str),
+            num_processes=config_dict.placeholder(int),
+            process_id=config_dict.placeholder(int),
+        )
+    )
+    return config
+
+
+def check_renamed_fields(config: ml_collections.ConfigDict) -> None:
+    """Refuses a config that sets a field of an earlier schema, naming the field that replaced it."""
+    for old, new in RENAMED_FIELDS.items():
+        node = config
+        *parents, leaf = old.split(".")
+        for name in parents:
+            node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+        if isinstance(node, ml_collections.ConfigDict) and leaf in node:
+            raise ConfigError(f"config field {old} was renamed: set {new} instead")
+
 
 def default_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    """The official ImageNet-1k classification recipe (vHeat-T's drop path)."""
+    config = base_config("classification")
 
     # --- Data (the names vheat_jax.data reads) ---
     config.dataset = "imagefolder"  # "imagefolder" | "tfds" | "digits"
-    config.data_dir = config_dict.placeholder(str)
     config.tfds_name = "imagenet2012"
-    config.train_split = "train"
-    config.eval_split = "val"
     config.num_classes = 1000
     config.image_size = 224
-    # Images per optimizer update, summed over all processes and accumulation steps.
     config.global_batch_size = 2048
     config.eval_batch_size = 1024
     config.num_workers = 8  # grain worker processes per host
-    config.seed = 0
     config.aug = ml_collections.ConfigDict(
         dict(
             random_resized_crop=True,
@@ -54,12 +136,6 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # --- Model: a vheat_jax variant plus overrides of its fields ---
-    config.model = ml_collections.ConfigDict(dict(name="vheat_tiny", drop_path_rate=0.1))
-    config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
-    config.remat = False  # rematerialise each Heat block in the backward pass (less memory, ~30% more compute)
-    config.fsdp = False  # shard params / optimizer state / EMA over the data axis (ZeRO-3 style)
-
     # --- Optimizer ---
     config.optimizer = ml_collections.ConfigDict(
         dict(
@@ -77,30 +153,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.grad_accum_steps = 1
     config.ema_decay = 0.9999
 
-    # --- Durations and intervals ---
+    # --- Durations ---
     config.num_epochs = 300.0
-    config.num_steps = config_dict.placeholder(int)
     config.warmup_epochs = 20.0
     config.warmup_steps = config_dict.placeholder(int)
-    config.eval_every_epochs = 1.0
-    config.eval_every_steps = config_dict.placeholder(int)
     config.log_every_steps = 100
-    config.checkpoint_every_steps = 1000
-    config.keep_checkpoints = 3  # the latest K; the best by EMA top-1 is kept as well
-
-    # --- Fine-tuning: start from a converted official checkpoint, a .pth or a .msgpack ---
-    config.init_from = ""
-    config.init_from_ema = False  # with a .pth of the official trainer: start from its model_ema weights
-
-    # --- Multi-process runs (see vheat_jax/train/distributed.py) ---
-    config.distributed = ml_collections.ConfigDict(
-        dict(
-            mode="auto",  # "auto" | "on" | "off"
-            coordinator_address=config_dict.placeholder(str),
-            num_processes=config_dict.placeholder(int),
-            process_id=config_dict.placeholder(int),
-        )
-    )
     return config
 
 

@@ -116,14 +116,11 @@ class StepTimer:
         }
 
 
-def progress_line(step: int, total_steps: int, scalars: dict[str, float]) -> str:
-    parts = [
-        f"step {step}/{total_steps} ({100.0 * step / total_steps:.1f}%)",
-        f"loss {scalars['loss']:.4f}",
-        f"train top-1 {100.0 * scalars['top1']:.1f}%",
-        f"lr {scalars['learning_rate']:.3g}",
-        f"|grad| {scalars['grad_norm']:.3g}",
-    ]
+def progress_line(step: int, total_steps: int, scalars: dict[str, float], task_fields: list[str]) -> str:
+    """``step 10/100 (10.0%) | loss ... | <task_fields> | lr ... | |grad| ... | img/s | s/step | ETA``."""
+    parts = [f"step {step}/{total_steps} ({100.0 * step / total_steps:.1f}%)", f"loss {scalars['loss']:.4f}"]
+    parts += task_fields
+    parts += [f"lr {scalars['learning_rate']:.3g}", f"|grad| {scalars['grad_norm']:.3g}"]
     if "step_time_s" in scalars:
         eta = (total_steps - step) * scalars["step_time_s"]
         parts += [
@@ -132,14 +129,3 @@ def progress_line(step: int, total_steps: int, scalars: dict[str, float]) -> str
             f"ETA {format_duration(eta)}",
         ]
     return " | ".join(parts)
-
-
-def eval_line(step: int, scalars: dict[str, float], best: tuple[float, int] | None) -> str:
-    line = (
-        f"eval at step {step}: top-1 {scalars['top1']:.2f}% top-5 {scalars['top5']:.2f}% "
-        f"loss {scalars['loss']:.4f} | EMA top-1 {scalars['ema_top1']:.2f}% "
-        f"top-5 {scalars['ema_top5']:.2f}% | {int(scalars['num_examples'])} images"
-    )
-    if best is not None:
-        line += f" | best EMA top-1 {best[0]:.2f}% (step {best[1]})"
-    return line

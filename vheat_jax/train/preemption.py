@@ -1,15 +1,23 @@
-"""Stopping cleanly on SIGTERM (preemption), at a step every process agrees on.
+"""Stopping cleanly on SIGTERM (preemption) or Ctrl-C, at a step every process agrees on.
 
-One process: a Python SIGTERM handler sets a flag that the training loop
-checks after every step. Several processes (``jax.distributed`` initialized):
-JAX's preemption service already catches SIGTERM on each host and runs a sync
-protocol; ``reached_preemption_sync_point(step)`` becomes true at the same step
-on every process, so all of them save the same checkpoint and stop. (A Python
-handler there would replace JAX's and leave the other hosts training.)
+One process: a Python handler for SIGTERM and SIGINT sets a flag that the training loop
+checks after every step; the loop then saves a checkpoint and returns. A second Ctrl-C
+stops at once (``KeyboardInterrupt``), losing only what the last checkpoint does not hold.
+
+Several processes (``jax.distributed`` initialized): JAX's preemption service already
+catches SIGTERM on each host and runs a sync protocol;
+``reached_preemption_sync_point(step)`` becomes true at the same step on every process,
+so all of them save the same checkpoint and stop. (A Python SIGTERM handler there would
+replace JAX's and leave the other hosts training.) Ctrl-C on one host is turned into a
+SIGTERM to itself, so it goes through the same protocol.
+
+The watcher is created before any set-up, so a signal during data preparation or
+compilation is not lost: the run stops after its first step, with a checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 from absl import logging
@@ -20,14 +28,22 @@ class PreemptionWatcher:
     def __init__(self, multiprocess: bool):
         self._multiprocess = multiprocess
         self._signalled = False
-        self._previous_handler = None
+        self._previous = {}
         if not multiprocess:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
 
-    def _on_sigterm(self, signum, frame) -> None:
-        del signum, frame
-        logging.warning("SIGTERM received: will save a checkpoint after the current step and exit")
+    def _on_signal(self, signum, frame) -> None:
+        del frame
+        if signum == signal.SIGINT and self._signalled:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        logging.warning("%s received: will save a checkpoint after the current step and exit"
+                        "%s", what, " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "")
         self._signalled = True
+        if self._multiprocess and signum == signal.SIGINT:
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service tells the other processes
 
     def should_stop(self, step: int) -> bool:
         """Must be called after every step, on every process (the multi-process protocol needs it)."""
@@ -36,6 +52,6 @@ class PreemptionWatcher:
         return self._signalled
 
     def close(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

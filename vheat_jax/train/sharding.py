@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -75,3 +76,10 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return {
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in local_batch.items()
     }
+
+
+def host_tree(tree: Any) -> Any:
+    """``tree`` as host numpy arrays on every process; a collective (all-gather) when it spans processes."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)

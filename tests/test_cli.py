@@ -1,0 +1,114 @@
+"""The command-line surface: --help of every entry point, and a user's mistakes as one line with exit status 2."""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+from train_support import ROOT
+
+from vheat_jax.train.config import RENAMED_FIELDS
+
+# Each entry point and flags its --help must list.
+ENTRY_POINTS = {
+    "train.py": ["--config", "--workdir"],
+    "seg_train.py": ["--config", "--workdir"],
+    "det_train.py": ["--config", "--workdir"],
+    "eval.py": ["--config", "--checkpoint", "--throughput", "--batch_size", "--ema"],
+    "seg_eval.py": ["--config", "--checkpoint", "--per_class"],
+    "det_eval.py": ["--checkpoint", "--data_dir", "--split", "--scale"],
+    "convert_torch.py": ["--ema", "--img_size", "--post_norm", "--inference_form", "--adapt_method"],
+    "aot_compile.py": ["--config", "--topology", "--compute_dtype"],
+}
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "VHEAT_HUGE_PAGES": "0"}
+
+
+def run_script(script: str, *args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def run_all(calls: list[tuple]) -> list[subprocess.CompletedProcess]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda call: run_script(*call), calls))
+
+
+def test_help_of_every_entry_point_exits_0_and_lists_its_flags():
+    results = run_all([(script, "--help") for script in ENTRY_POINTS])
+    for (script, expected), result in zip(ENTRY_POINTS.items(), results):
+        assert result.returncode == 0, (script, result.stderr[-2000:])
+        lines = result.stdout.splitlines()
+        start = lines.index("flags:") + 1
+        lines = lines[start:lines.index("", start)]  # the flag list: one line per flag
+        for flag in expected:
+            described = [line for line in lines if line.strip().startswith(flag + "=") or line.strip().startswith(flag + ":")]
+            assert len(described) == 1 and len(described[0].split(":", 1)[1].strip()) > 5, (script, flag)
+        assert not any("absl.flags" in line or "--helpfull" in line for line in lines), script
+        if "--config" in expected:
+            assert "--config.<field>=<value>" in result.stdout, script
+
+
+def one_line_error(result, script: str) -> str:
+    assert result.returncode == 2, (script, result.returncode, result.stderr[-3000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"{script}: error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_config_mistakes_are_one_line_with_exit_2(tmp_path):
+    calls = [
+        ("train.py", "--config=configs/no_such_config.py", f"--workdir={tmp_path}/a"),
+        ("train.py", "--config=configs/digits_demo.py", f"--workdir={tmp_path}/b", "--config.global_batchsize=8"),
+        ("eval.py", "--config=configs/digits_demo.py", "--config.aug.reporb=0.1", "--throughput"),
+        ("det_train.py", "--config=configs/det_demo_shapes.py", f"--workdir={tmp_path}/c", "--config.model.backbone=x"),
+        ("train.py", "--config=configs/vheat_t.py:nope", f"--workdir={tmp_path}/d"),
+        ("train.py", "--config=configs/digits_demo.py", f"--workdir={tmp_path}/e", "--config.num_steps=many"),
+        ("train.py", "--config=configs/digits_demo.py"),
+    ]
+    expected = [
+        "no config file configs/no_such_config.py",
+        "--config.global_batchsize: the config has no field 'global_batchsize' (did you mean --config.global_batch_size?)",
+        "--config.aug.reporb: the config has no field 'aug.reporb' (did you mean --config.aug.reprob?)",
+        f"config field model.backbone was renamed: set {RENAMED_FIELDS['model.backbone']} instead",
+        "unknown data preset 'nope'",
+        "--config.num_steps=many",
+        "--workdir is required",
+    ]
+    for call, text, result in zip(calls, expected, run_all(calls)):
+        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+
+
+def test_missing_inputs_are_one_line_with_exit_2(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "train" / "class_a").mkdir(parents=True)
+    (empty / "val" / "class_a").mkdir(parents=True)
+    calls = [
+        ("eval.py", "--config=configs/digits_demo.py", f"--checkpoint={tmp_path}/missing.pth"),
+        ("seg_eval.py", "--config=configs/seg_demo.py", f"--checkpoint={tmp_path}/missing"),
+        ("det_eval.py", f"--checkpoint={tmp_path}/missing.pth", f"--data_dir={tmp_path}"),
+        ("convert_torch.py", f"{tmp_path}/missing.pth", f"{tmp_path}/out.msgpack"),
+        ("train.py", "--config=tests/train_tiny_config.py", f"--workdir={tmp_path}/w1", f"--config.data_dir={tmp_path}/nope"),
+        ("train.py", "--config=tests/train_tiny_config.py", f"--workdir={tmp_path}/w2", f"--config.data_dir={empty}"),
+        ("train.py", "--config=tests/train_tiny_config.py", f"--workdir={tmp_path}/w3"),
+    ]
+    expected = [
+        "missing.pth",
+        "missing: no such file or directory",
+        "missing.pth: no such file or directory",
+        "missing.pth",
+        "image folder split not found",
+        "no images under",
+        "config.data_dir is required",
+    ]
+    for call, text, result in zip(calls, expected, run_all(calls)):
+        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+
+
+def test_logs_hide_library_internals_unless_verbose(tmp_path, vheat_fixtures):
+    """Converting to Orbax: only our line by default; orbax's INFO lines come back with -v 1."""
+    quiet = run_script("convert_torch.py", str(vheat_fixtures / "tiny_prenorm.pth"), str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stderr.strip() == "" and quiet.stdout.startswith("wrote ")
+    verbose = run_script("convert_torch.py", "-v", "1", str(vheat_fixtures / "tiny_prenorm.pth"), str(tmp_path / "v"))
+    assert verbose.returncode == 0 and "orbax" in verbose.stderr

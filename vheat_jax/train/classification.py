@@ -1,0 +1,274 @@
+"""Classification on the shared loop: vHeat, soft-target cross-entropy, AdamW + EMA, top-1/top-5.
+
+The task (:class:`ClassificationTask`, ``config.task = "classification"``) supplies to
+:mod:`vheat_jax.train.loop`: the grain image pipeline (image folder, TFDS or the digits
+demo), the model and its :class:`~vheat_jax.train.state.TrainState`, the train step (forward +
+backward in ``config.compute_dtype``, clip, AdamW, EMA; ``grad_accum_steps``
+micro-batches per update through ``optax.MultiSteps``), evaluation of the raw and EMA
+parameters (top-1/top-5, the best checkpoint by EMA top-1), and ``init_from`` (a
+converted or official checkpoint; the classifier is re-initialised when the class count
+differs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vheat_jax.data import create_eval_loader, create_train_loader, make_source
+from vheat_jax.model import VHeat
+from vheat_jax.train import loop, optim, sharding
+from vheat_jax.train.config import ConfigError
+from vheat_jax.train.loop import compute_dtype
+from vheat_jax.train.pretrained import load_pretrained
+from vheat_jax.train.state import TrainState, ema_update, new_train_state
+from vheat_jax.variants import create_model
+
+
+def build_model(config) -> VHeat:
+    overrides = {key: value for key, value in config.model.items() if key != "name"}
+    if "depths" in overrides:
+        overrides["depths"] = tuple(overrides["depths"])
+    return create_model(
+        config.model.name,
+        num_classes=config.num_classes,
+        img_size=config.image_size,
+        dtype=compute_dtype(config.compute_dtype),
+        remat=config.remat,
+        **overrides,
+    )
+
+
+def data_config(config, workdir: Path) -> ml_collections.ConfigDict:
+    """The config the input pipeline sees: its batch is one micro-batch (one per accumulation step)."""
+    data = config.copy_and_resolve_references()
+    data.global_batch_size = config.global_batch_size // config.grad_accum_steps
+    if data.dataset == "digits" and not data.data_dir:
+        data.data_dir = str(workdir / "data" / "digits")
+    if data.dataset == "imagefolder" and not data.data_dir:
+        raise ConfigError("config.data_dir is required for dataset='imagefolder' (a folder with train/ and val/)")
+    return data
+
+
+def check_batch_sizes(config, num_devices: int, num_processes: int) -> None:
+    micro, remainder = divmod(config.global_batch_size, config.grad_accum_steps)
+    if remainder:
+        raise ConfigError(
+            f"global_batch_size={config.global_batch_size} is not a multiple of "
+            f"grad_accum_steps={config.grad_accum_steps}"
+        )
+    for what, size in (("global_batch_size / grad_accum_steps", micro), ("eval_batch_size", config.eval_batch_size)):
+        if size % num_devices or size % num_processes:
+            raise ConfigError(
+                f"{what} = {size} must be a multiple of the number of devices ({num_devices}) "
+                f"and of processes ({num_processes})"
+            )
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example cross-entropy against soft targets (mixup / label smoothing), as timm's SoftTargetCrossEntropy."""
+    return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+
+
+def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, grad_accum_steps: int):
+    """``train_step(state, batch) -> (state, metrics)``, to be jitted.
+
+    The loss is the mean over valid rows (undecodable images have ``valid == 0``).
+    Drop-path randomness is a function of (seed, update, micro-batch), so a
+    resumed run draws exactly what the interrupted one would have.
+    """
+    base_key = jax.random.key(seed)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        micro_index = state.step * grad_accum_steps
+        if grad_accum_steps > 1:
+            micro_index = micro_index + state.opt_state.mini_step
+        dropout_key = jax.random.fold_in(base_key, micro_index)
+
+        def loss_fn(params):
+            logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_key})
+            per_example = soft_cross_entropy(logits, batch["label"])
+            weights = batch["valid"]
+            return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        applied = optim.applied_update(tx, opt_state)
+        ema_params = jax.tree.map(
+            lambda new, old: jnp.where(applied, new, old),
+            ema_update(state.ema_params, params, ema_decay),
+            state.ema_params,
+        )
+        matches = jnp.argmax(logits, -1) == jnp.argmax(batch["label"], -1)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "top1": jnp.sum(matches * batch["valid"]) / jnp.maximum(jnp.sum(batch["valid"]), 1.0),
+            "learning_rate": schedule(state.step),
+        }
+        new_state = TrainState(
+            step=state.step + applied.astype(jnp.int32), params=params, opt_state=opt_state, ema_params=ema_params
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: VHeat):
+    """``eval_step(params, ema_params, batch) -> sums`` of correct top-1/top-5, loss and count over ``mask``."""
+    top_k = min(5, model.num_classes)
+
+    def sums(params, batch):
+        logits = model.apply({"params": params}, batch["image"], train=False)
+        labels, mask = batch["label"], batch["mask"]
+        _, predictions = jax.lax.top_k(logits, top_k)
+        hits = predictions == labels[:, None]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return {
+            "top1": jnp.sum(hits[:, 0] * mask),
+            "top5": jnp.sum(jnp.any(hits, -1) * mask),
+            "loss": jnp.sum(loss * mask),
+        }
+
+    def eval_step(params, ema_params, batch):
+        raw, ema = sums(params, batch), sums(ema_params, batch)
+        return {**raw, **{f"ema_{k}": v for k, v in ema.items()}, "num_examples": jnp.sum(batch["mask"])}
+
+    return eval_step
+
+
+def jit_train_step(config, model: VHeat, tx, schedule, mesh, state_shardings):
+    """The loop's jitted train step for this model (also compiled by ``aot.py`` and ``bench/``)."""
+    step = make_train_step(
+        model, tx, schedule, ema_decay=config.ema_decay, seed=config.seed, grad_accum_steps=config.grad_accum_steps
+    )
+    return loop.jit_train_step(step, mesh, state_shardings)
+
+
+def jit_eval_step(model: VHeat, mesh, param_shardings):
+    return jax.jit(
+        make_eval_step(model),
+        in_shardings=(param_shardings, param_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+
+# --------------------------------------------------------------------------- state
+
+
+class StateFactory:
+    """Builds the train state directly in its shardings (no host-side full copy)."""
+
+    def __init__(self, model: VHeat, tx, mesh, config):
+        self.model, self.tx, self.mesh, self.config = model, tx, mesh, config
+        self._rng = jax.random.key(config.seed)
+        self.abstract = jax.eval_shape(self._init_state, self._rng)
+        self.shardings = sharding.state_shardings(self.abstract, mesh, config.fsdp)
+
+    def _init_params(self, rng):
+        size = self.config.image_size
+        return self.model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)["params"]
+
+    def _init_state(self, rng) -> TrainState:
+        return new_train_state(self._init_params(rng), self.tx)
+
+    def abstract_with_shardings(self):
+        return jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), self.abstract, self.shardings
+        )
+
+    def fresh(self) -> TrainState:
+        return jax.jit(self._init_state, out_shardings=self.shardings)(self._rng)
+
+    def from_pretrained(self, path: str, *, ema: bool) -> TrainState:
+        """Weights from ``path``; the fresh initialization supplies what fine-tuning replaces (the classifier)."""
+        fresh = jax.jit(self._init_params, out_shardings=self.shardings.params)(self._rng)
+        params = load_pretrained(path, self.model, jax.device_get(fresh), ema=ema)
+        params = jax.device_put(params, self.shardings.params)
+        return jax.jit(lambda p: new_train_state(p, self.tx), out_shardings=self.shardings)(params)
+
+
+# --------------------------------------------------------------------------- task
+
+
+class ClassificationTask(loop.Task):
+    best_metric = "ema_top1"
+
+    def prepare_data(self) -> int:
+        config = self.config
+        check_batch_sizes(config, self.mesh.size, jax.process_count())
+        self.data_cfg = data_config(config, self.workdir)
+        num_train = len(make_source(self.data_cfg, self.data_cfg.train_split))
+        steps_per_epoch = num_train // config.global_batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(
+                f"the training split has {num_train} images, fewer than one global batch "
+                f"({config.global_batch_size}); lower config.global_batch_size"
+            )
+        self.micro_steps = config.grad_accum_steps
+        return steps_per_epoch
+
+    def build(self):
+        config = self.config
+        self.model = build_model(config)
+        self.name = config.model.name
+        tx, schedule = optim.create_optimizer(
+            config.optimizer,
+            global_batch_size=config.global_batch_size,
+            warmup_steps=loop.resolve_steps(config, "warmup", self.run.steps_per_epoch),
+            total_steps=self.run.total_steps,
+            grad_accum_steps=config.grad_accum_steps,
+        )
+        self.factory = StateFactory(self.model, tx, self.mesh, config)
+        self._train_step = make_train_step(
+            self.model, tx, schedule, ema_decay=config.ema_decay, seed=config.seed,
+            grad_accum_steps=config.grad_accum_steps,
+        )
+        self._eval_step = jit_eval_step(self.model, self.mesh, self.factory.shardings.params)
+        return self.factory.abstract
+
+    def initial_state(self, shardings) -> TrainState:
+        del shardings  # the factory's, from the same abstract state and config.fsdp
+        if self.config.init_from:
+            return self.factory.from_pretrained(self.config.init_from, ema=self.config.init_from_ema)
+        return self.factory.fresh()
+
+    def train_step(self, state, batch):
+        return self._train_step(state, batch)
+
+    def train_loader(self):
+        return iter(create_train_loader(
+            self.data_cfg, process_index=jax.process_index(), process_count=jax.process_count(), seed=self.config.seed
+        ))
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        """Top-1/top-5 (percent) and mean loss of raw and EMA params over the whole eval split."""
+        loader = create_eval_loader(self.data_cfg, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+        totals = None
+        for local_batch in loader:
+            batch_sums = self._eval_step(state.params, state.ema_params, sharding.global_batch(local_batch, self.mesh))
+            totals = batch_sums if totals is None else jax.tree.map(jnp.add, totals, batch_sums)
+        totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+        count = max(totals["num_examples"], 1.0)
+        out = {"num_examples": totals["num_examples"]}
+        for prefix in ("", "ema_"):
+            out[f"{prefix}top1"] = 100.0 * totals[f"{prefix}top1"] / count
+            out[f"{prefix}top5"] = 100.0 * totals[f"{prefix}top5"] / count
+            out[f"{prefix}loss"] = totals[f"{prefix}loss"] / count
+        return out
+
+    def eval_summary(self, m: dict[str, float]) -> str:
+        return (f"top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f} | "
+                f"EMA top-1 {m['ema_top1']:.2f}% top-5 {m['ema_top5']:.2f}% | {int(m['num_examples'])} images")
+
+    def progress_fields(self, scalars: dict[str, float]) -> list[str]:
+        return [f"train top-1 {100.0 * scalars['top1']:.1f}%"]
