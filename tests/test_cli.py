@@ -57,7 +57,12 @@ def one_line_error(result, script: str) -> str:
 
 
 def test_config_mistakes_are_one_line_with_exit_2(tmp_path):
+    old_schema = tmp_path / "old_seg_config.py"  # a config file written for the earlier segmentation schema
+    old_schema.write_text("from vheat_jax.seg.config import default_seg_config\n\n\ndef get_config():\n"
+                          "    config = default_seg_config()\n    config.model.variant = 'vheat_small'\n"
+                          "    return config\n")
     calls = [
+        ("seg_eval.py", f"--config={old_schema}", f"--checkpoint={tmp_path}"),
         ("train.py", "--config=configs/no_such_config.py", f"--workdir={tmp_path}/a"),
         ("train.py", "--config=configs/digits_demo.py", f"--workdir={tmp_path}/b", "--config.global_batchsize=8"),
         ("eval.py", "--config=configs/digits_demo.py", "--config.aug.reporb=0.1", "--throughput"),
@@ -67,6 +72,7 @@ def test_config_mistakes_are_one_line_with_exit_2(tmp_path):
         ("train.py", "--config=configs/digits_demo.py"),
     ]
     expected = [
+        "config field model.variant was renamed: set model.name instead",
         "no config file configs/no_such_config.py",
         "--config.global_batchsize: the config has no field 'global_batchsize' (did you mean --config.global_batch_size?)",
         "--config.aug.reporb: the config has no field 'aug.reporb' (did you mean --config.aug.reprob?)",

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
+from vheat_jax.arch import ArchitectureMismatchError
 from vheat_jax.torch_io import CheckpointError
-from vheat_jax.train.config import RENAMED_FIELDS, ConfigError
+from vheat_jax.train.config import RENAMED_FIELDS, ConfigError, check_renamed_fields
 
 OVERRIDES_HELP = """\
 Config overrides: every field of the config file can be set on the command line,
@@ -34,8 +35,8 @@ Config overrides: every field of the config file can be set on the command line,
 Logging: -v 1 (--verbosity=1) also shows orbax's, grain's and JAX's own INFO lines."""
 
 # Exceptions that mean "the input is wrong", not "the code is wrong": one line, exit 2.
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+USER_ERRORS = (ConfigError, CheckpointError, ArchitectureMismatchError, FileNotFoundError, FileExistsError,
+               NotADirectoryError, IsADirectoryError, PermissionError)
 # Libraries whose INFO logs (several lines per checkpoint) would drown the progress lines.
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
 
@@ -140,7 +141,9 @@ def parse_flags(argv: list[str], has_config: bool) -> list[str]:
     try:
         remaining = flags.FLAGS(argv)
         if has_config:
-            flags.FLAGS["config"].value  # noqa: B018 - loads the file and applies overrides now
+            check_renamed_fields(flags.FLAGS["config"].value)  # loads the file and applies overrides now
+    except ConfigError as err:
+        fail(str(err))
     except flags.UnrecognizedFlagError as err:
         if err.flagname.startswith("config."):
             fail(_unknown_override(err.flagname, _loaded_config()))

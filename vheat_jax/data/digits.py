@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 MARKER = "digits_folder.json"
@@ -79,6 +80,7 @@ def ensure_digits_image_folder(root: str | os.PathLike) -> Path:
             f"{root} exists, is not empty and is not a complete digits folder "
             f"(missing/invalid {MARKER}); remove it or pick another data_dir."
         )
+    logging.info("writing scikit-learn's digits as an image folder in %s (once)...", root)
     root.parent.mkdir(parents=True, exist_ok=True)
     imgs, labels = digits_arrays()
     tr, va = digits_split(labels)
