@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT, VHEAT_CASES, load_case, nchw_to_nhwc
 
 import vheat_jax
-from conftest import ROOT, VHEAT_CASES, load_case, nchw_to_nhwc
 from vheat_jax.arch import ArchitectureMismatchError, arch_from_state_dict
 from vheat_jax.convert import split_checkpoint
 from vheat_jax.keymap import KeyMismatchError, torch_to_flax

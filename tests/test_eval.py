@@ -9,10 +9,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import ROOT
 from PIL import Image
 
 import vheat_jax
-from conftest import ROOT
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

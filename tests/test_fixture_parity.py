@@ -3,9 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import VHEAT_CASES, load_case, nchw_to_nhwc
 
 import vheat_jax
-from conftest import VHEAT_CASES, load_case, nchw_to_nhwc
 
 ATOL = 5e-5
 

@@ -12,8 +12,8 @@ from train_support import TINY_CONFIG
 from vheat_jax import Arch, ArchitectureMismatchError, export_torch, save_msgpack, save_orbax
 from vheat_jax.resize import resize_bicubic_hw
 from vheat_jax.train import optim, sharding
-from vheat_jax.train.pretrained import load_pretrained
 from vheat_jax.train.classification import StateFactory, build_model
+from vheat_jax.train.pretrained import load_pretrained
 
 
 def tiny_config(**changes):

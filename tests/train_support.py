@@ -120,17 +120,26 @@ def train_losses(workdir: Path) -> dict[int, float]:
     return {row["step"]: row["train/loss"] for row in read_metrics(workdir) if "train/loss" in row}
 
 
-def checkpoint_steps(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+def checkpoint_steps(workdir) -> list[int]:
+    """The finished checkpoints' steps (on an object store a step's folder exists before its commit file)."""
+    folder = workdir / "checkpoints"
+    remote = "://" in str(workdir)
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and (not remote or (p / "commit_success.txt").exists()))
 
 
 def saved_state(workdir: Path, step: int) -> dict:
-    """The train state of a checkpoint as nested dicts of numpy arrays."""
+    """The train state of a checkpoint as nested dicts of arrays, on this process's first device
+    (whatever devices and processes wrote it)."""
+    import jax
     import orbax.checkpoint as ocp
 
+    path = workdir / "checkpoints" / str(step) / "state"
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(workdir / "checkpoints" / str(step) / "state")
-    return state
+        metadata = checkpointer.metadata(path).item_metadata
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        return checkpointer.restore(path, target)
 
 
 def saved_data_position(workdir: Path, step: int) -> list[dict]:

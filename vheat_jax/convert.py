@@ -23,6 +23,7 @@ from flax import serialization
 
 from vheat_jax.arch import Arch, arch_from_official_config, arch_from_state_dict, official_post_norm
 from vheat_jax.keymap import flax_to_torch, torch_to_flax
+from vheat_jax.paths import as_path, is_remote
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,12 @@ def export_torch(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
 
 def save_msgpack(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
     """One self-describing file (Flax msgpack; no pickle): ``{"arch": json, "params": tree}``."""
-    payload = {"arch": arch.to_json(), "params": jax.tree.map(np.asarray, params)}
+    payload = serialization.msgpack_serialize({"arch": arch.to_json(), "params": jax.tree.map(np.asarray, params)})
+    if is_remote(path):  # an object store replaces whole objects atomically
+        as_path(path).write_bytes(payload)
+        return
     tmp = Path(f"{path}.tmp")
-    tmp.write_bytes(serialization.msgpack_serialize(payload))
+    tmp.write_bytes(payload)
     os.replace(tmp, path)
 
 
@@ -127,7 +131,7 @@ def save_orbax(params: Mapping, arch: Arch, directory: str | os.PathLike) -> Non
     """An Orbax checkpoint directory ``directory/params`` plus ``directory/vheat_arch.json``."""
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "params", jax.tree.map(np.asarray, params), force=True)
@@ -136,7 +140,7 @@ def save_orbax(params: Mapping, arch: Arch, directory: str | os.PathLike) -> Non
 
 def load_converted(path: str | os.PathLike) -> tuple[Arch, dict]:
     """Loads what :func:`save_orbax` or :func:`save_msgpack` wrote."""
-    path = Path(path)
+    path = as_path(path)
     if path.is_dir():
         import orbax.checkpoint as ocp
 
@@ -144,7 +148,7 @@ def load_converted(path: str | os.PathLike) -> tuple[Arch, dict]:
             raise CheckpointError(f"{path}: no {ARCH_FILE}; not a directory written by convert_torch.py")
         arch = Arch.from_json((path / ARCH_FILE).read_text())
         with ocp.StandardCheckpointer() as checkpointer:
-            params = checkpointer.restore(path.absolute() / "params")
+            params = checkpointer.restore(path / "params")
         return arch, params
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
@@ -155,7 +159,7 @@ def load_converted(path: str | os.PathLike) -> tuple[Arch, dict]:
 
 def load_any(path: str | os.PathLike, *, ema: bool = False, post_norm: bool | None = None) -> tuple[Arch, dict]:
     """``(arch, params)`` from a ``.pth`` (converted on the fly), an Orbax directory or a ``.msgpack``."""
-    path = Path(path)
+    path = as_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if path.is_dir() or path.suffix == ".msgpack":

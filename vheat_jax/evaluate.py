@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from vheat_jax import paths
 from vheat_jax.arch import Arch
 from vheat_jax.benchmark import time_jitted
 from vheat_jax.convert import load_any
@@ -27,14 +28,15 @@ from vheat_jax.data.pipeline import num_eval_batches
 from vheat_jax.flops import model_macs
 from vheat_jax.forms import to_inference_form
 from vheat_jax.train import sharding
-from vheat_jax.train.pretrained import arch_of
 from vheat_jax.train.checkpointing import restore_latest
 from vheat_jax.train.classification import build_model, data_config
+from vheat_jax.train.pretrained import arch_of
 
 
 def load_for_eval(checkpoint: str, config, *, ema: bool, post_norm: bool | None = None) -> tuple[Arch, dict, str]:
     """``(arch, params, description)`` from any supported checkpoint."""
-    path = Path(checkpoint)
+    paths.check_supported(checkpoint, "--checkpoint")
+    path = paths.as_path(checkpoint)
     if (path / "checkpoints").is_dir():
         step, state = restore_latest(path)
         params = state["ema_params" if ema else "params"]

@@ -44,6 +44,8 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from vheat_jax.paths import as_path, is_remote
+
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "OpaqueObject", "load_pth", "save_pth"]
 
 
@@ -460,12 +462,17 @@ def load_pth(path: str | os.PathLike) -> Any:
     tries to run code, :class:`CheckpointError` for anything else it cannot read.
     """
     source = os.fspath(path)
-    with open(source, "rb") as f:
+    with as_path(source).open("rb") as f:  # local or gs://
         head = f.read(512)
-    try:
-        zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error):
-        raise CheckpointError(_not_a_zip_message(source, head)) from None
+        f.seek(0)
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error):
+            raise CheckpointError(_not_a_zip_message(source, head)) from None
+        return _load_archive(zf, source)
+
+
+def _load_archive(zf: zipfile.ZipFile, source: str) -> Any:
     with zf:
         try:
             archive = _Archive(zf)
@@ -626,6 +633,16 @@ def save_pth(obj: Any, path: str | os.PathLike) -> None:
         *((f"data/{key}", array) for key, array in enumerate(writer.storages)),
         ("version", b"3\n"),
     ]
-    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+    if is_remote(path):  # object stores take whole objects: build the file in memory, then upload it
+        buffer = io.BytesIO()
+        _write_records(buffer, records)
+        as_path(path).write_bytes(buffer.getvalue())
+        return
+    with open(path, "wb") as f:
+        _write_records(f, records)
+
+
+def _write_records(f, records) -> None:
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
         for name, payload in records:
             _write_record(zf, f, _PREFIX + name, payload)

@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vheat_jax.arch import ArchitectureMismatchError
+from vheat_jax.paths import UnsupportedPathError
 from vheat_jax.torch_io import CheckpointError
 from vheat_jax.train.config import RENAMED_FIELDS, ConfigError, check_renamed_fields
 
@@ -35,7 +36,7 @@ Config overrides: every field of the config file can be set on the command line,
 Logging: -v 1 (--verbosity=1) also shows orbax's, grain's and JAX's own INFO lines."""
 
 # Exceptions that mean "the input is wrong", not "the code is wrong": one line, exit 2.
-USER_ERRORS = (ConfigError, CheckpointError, ArchitectureMismatchError, FileNotFoundError, FileExistsError,
+USER_ERRORS = (ConfigError, CheckpointError, ArchitectureMismatchError, UnsupportedPathError, FileNotFoundError, FileExistsError,
                NotADirectoryError, IsADirectoryError, PermissionError)
 # Libraries whose INFO logs (several lines per checkpoint) would drown the progress lines.
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/jax/_src/xla_bridge", "/jax/_src/distributed")

@@ -18,12 +18,12 @@ Flags may be spelled with '-' or '_' (--img-size, --img_size).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from absl import flags
 
 from vheat_jax.cli import common
 from vheat_jax.forms import ADAPT_METHODS
+from vheat_jax.paths import as_path, check_supported
 
 flags.DEFINE_bool("ema", False, "Take 'model_ema' instead of 'model'.")
 flags.DEFINE_enum("post_norm", "auto", ["auto", "true", "false"],
@@ -48,7 +48,9 @@ def main(argv: list[str]) -> None:
 
     FLAGS = flags.FLAGS
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source, output = argv[1], Path(argv[2])
+    source, output = argv[1], as_path(argv[2])
+    for what, path in (("INPUT", source), ("OUTPUT", argv[2])):
+        check_supported(path, what)
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]
     try:
         arch, params = load_any(source, ema=FLAGS.ema, post_norm=post_norm)

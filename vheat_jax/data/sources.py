@@ -9,9 +9,9 @@ are opened lazily in each worker process.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
+from vheat_jax.paths import as_path
 from vheat_jax.train.config import ConfigError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -26,24 +26,21 @@ class ImageFolderSource:
     """
 
     def __init__(self, root: str | os.PathLike, split: str):
-        self.root = Path(root)
+        self.root = as_path(root)  # local or gs://
         self.split = split
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise FileNotFoundError(
                 f"image folder split not found: {split_dir} (config.data_dir must hold {split}/<class>/<image> folders)"
             )
-        self.classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir())
+        self.classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
         if not self.classes:
             raise FileNotFoundError(f"no class directories in {split_dir} (expected {split_dir}/<class>/<image>)")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         files, labels = [], []
         for c in self.classes:
-            names = sorted(
-                e.name
-                for e in os.scandir(split_dir / c)
-                if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            # One listing per class, no stat per file (on gs:// each stat is a request).
+            names = sorted(e.name for e in (split_dir / c).iterdir() if e.name.lower().endswith(IMAGE_EXTENSIONS))
             files.extend(f"{c}/{n}" for n in names)
             labels.extend([self.class_to_idx[c]] * len(names))
         if not files:

@@ -39,12 +39,20 @@ import numpy as np
 from flax import traverse_util
 
 from vheat_jax.arch import Arch, arch_from_state_dict
+from vheat_jax.convert import read_mmengine_checkpoint
 from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.model import MaskRCNN
 from vheat_jax.keymap import (
-    CONV, LINEAR, SAME, KeyMismatchError, Layout, layout_of, mismatch_report, table_mismatches, torch_key,
+    CONV,
+    LINEAR,
+    SAME,
+    KeyMismatchError,
+    Layout,
+    layout_of,
+    mismatch_report,
+    table_mismatches,
+    torch_key,
 )
-from vheat_jax.convert import read_mmengine_checkpoint
 from vheat_jax.torch_io import CheckpointError, save_pth
 
 DECONV = Layout("deconv", lambda a: a.transpose(2, 3, 0, 1), lambda a: a.transpose(2, 3, 0, 1))

@@ -43,9 +43,9 @@ from flax import traverse_util
 
 from vheat_jax import keymap
 from vheat_jax.arch import arch_from_state_dict, check_arch
+from vheat_jax.convert import read_mmengine_checkpoint
 from vheat_jax.keymap import CONV, SAME, KeyMismatchError, Layout
 from vheat_jax.seg.model import UperNet, UperNetConfig
-from vheat_jax.convert import read_mmengine_checkpoint
 from vheat_jax.torch_io import save_pth
 
 log = logging.getLogger(__name__)

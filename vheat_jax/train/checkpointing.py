@@ -22,12 +22,14 @@ task's metric (EMA top-1, mIoU, box mAP) among those saved with evaluation metri
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from vheat_jax.paths import as_path
 
 # Orbax warns at every save without metrics when best-checkpoint tracking is on;
 # saves between evaluations have none by design.
@@ -39,7 +41,7 @@ def _drop_save_without_metrics_warning(record: logging.LogRecord) -> bool:
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int, best_metric: str):
+    def __init__(self, directory: str | os.PathLike, keep: int, best_metric: str):
         if keep < 1:
             raise ValueError(f"config.keep_checkpoints must be >= 1, got {keep}")
         self.best_metric = best_metric
@@ -64,7 +66,7 @@ class Checkpointer:
             create=True,
         )
         logging.getLogger("absl").addFilter(_drop_save_without_metrics_warning)  # orbax logs through absl
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "data"), options=options)
+        self._manager = ocp.CheckpointManager(as_path(directory), item_names=("state", "data"), options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -112,12 +114,12 @@ class Checkpointer:
         self._manager.close()
 
 
-def restore_latest(workdir: str | Path, abstract_state: Any = None) -> tuple[int, Any]:
+def restore_latest(workdir: str | os.PathLike, abstract_state: Any = None) -> tuple[int, Any]:
     """``(step, state)`` of the latest checkpoint in a training ``workdir``.
 
     Without ``abstract_state`` the state comes back as nested dicts of host arrays.
     """
-    directory = Path(workdir).absolute() / "checkpoints"
+    directory = as_path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"{workdir} is not a training workdir (no checkpoints/ in it)")
     with ocp.CheckpointManager(directory, item_names=("state",)) as manager:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vheat_jax import paths
 from vheat_jax.data import create_eval_loader, create_train_loader, make_source
 from vheat_jax.model import VHeat
 from vheat_jax.train import loop, optim, sharding
@@ -48,7 +49,9 @@ def data_config(config, workdir: Path) -> ml_collections.ConfigDict:
     data = config.copy_and_resolve_references()
     data.global_batch_size = config.global_batch_size // config.grad_accum_steps
     if data.dataset == "digits" and not data.data_dir:
-        data.data_dir = str(workdir / "data" / "digits")
+        # Written once by each host; a gs:// workdir keeps it on the local disk instead.
+        local = Path.home() / ".cache" / "vheat_jax" if paths.is_remote(workdir) else Path(workdir)
+        data.data_dir = str(local / "data" / "digits")
     if data.dataset == "imagefolder" and not data.data_dir:
         raise ConfigError("config.data_dir is required for dataset='imagefolder' (a folder with train/ and val/)")
     return data

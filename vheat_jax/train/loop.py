@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from vheat_jax import paths
 from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
@@ -191,7 +192,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     and ``best_step``, and what the task's ``finish`` adds.
     """
     check_renamed_fields(config)
-    workdir = Path(workdir).absolute()
+    paths.check_supported(workdir, "--workdir")
+    workdir = paths.as_path(workdir)
     multiprocess = distributed.maybe_initialize(config.distributed)
     is_process0 = jax.process_index() == 0
     with contextlib.ExitStack() as teardown:  # closes in reverse order, whatever raised

@@ -8,44 +8,59 @@ averages here are of those already-fetched host floats.
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
+
+from vheat_jax.paths import as_path, is_remote
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricWriter:
-    """Scalars to ``workdir/tensorboard`` (tensorboardX) and ``workdir/metrics.jsonl``.
+    """Scalars to ``workdir/tensorboard`` (tensorboardX) and ``workdir/metrics.jsonl``, local or ``gs://``.
 
     A resumed run appends; a step logged twice (after a crash between a
     checkpoint and the next log) appears twice, the later line being the one
-    that led to the final state.
+    that led to the final state. On an object store, where objects cannot be
+    appended to, the whole file is rewritten at each write (a log line per
+    ``log_every_steps``, so a few MB over a long run).
     """
 
-    def __init__(self, workdir: str | Path, enabled: bool):
+    def __init__(self, workdir: str | os.PathLike, enabled: bool):
         self.enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
-        workdir = Path(workdir)
+        workdir = as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._tensorboard = SummaryWriter(str(workdir / TENSORBOARD_DIR))
-        self._jsonl = open(workdir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._tensorboard = SummaryWriter(os.fspath(workdir / TENSORBOARD_DIR))
+        self._path = workdir / METRICS_FILE
+        self._remote = is_remote(workdir)
+        if self._remote:
+            self._text = self._path.read_text() if self._path.exists() else ""
+        else:
+            self._jsonl = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         for name, value in scalars.items():
             self._tensorboard.add_scalar(name, value, step)
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        if self._remote:
+            self._text += line
+            self._path.write_text(self._text)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
 
     def close(self) -> None:
         if self.enabled:
             self._tensorboard.close()
-            self._jsonl.close()
+            if not self._remote:
+                self._jsonl.close()
 
 
 class WindowAverage:

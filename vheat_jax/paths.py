@@ -1,0 +1,59 @@
+"""One path type for every file the project reads or writes, local or ``gs://``: ``etils.epath``.
+
+``epath.Path`` is what Orbax and grain use; on ``gs://`` it goes through gcsfs (or
+``tf.io.gfile`` when TensorFlow is installed). Orbax is given these paths as they are
+(it commits checkpoints on GCS with its own protocol); nothing turns a URL into a local
+path. Local paths are made absolute, as Orbax requires.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from etils import epath
+
+try:  # gcsfs caches directory listings per process; files that tensorstore (Orbax) writes bypass it,
+    # so a cached listing would hide new checkpoints. A user's own fsspec setting wins.
+    import fsspec.config
+
+    fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+except ImportError:  # no fsspec: no gs:// either (check_supported says so)
+    pass
+
+# What a gs:// path needs besides epath: gcsfs (listing, reading, writing files) and
+# google-cloud-storage (Orbax deletes old checkpoints with it; TensorBoard event files).
+_GCS_MODULES = {"gcsfs": "gcsfs", "google.cloud.storage": "google-cloud-storage"}
+
+
+class UnsupportedPathError(ValueError):
+    """A path this installation cannot read or write (one line naming the fix)."""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path``: URLs unchanged, local paths absolute."""
+    result = epath.Path(path)
+    return result if is_remote(path) else result.absolute()
+
+
+def check_supported(path: str | os.PathLike, what: str) -> None:
+    """Fails with one line, before any work, when ``path`` needs a client that is not installed."""
+    text = os.fspath(path)
+    if not is_remote(text):
+        return
+    if not text.startswith("gs://"):
+        raise UnsupportedPathError(f"{what} {text}: only local paths and gs:// are supported")
+    missing = [package for module, package in _GCS_MODULES.items() if not _importable(module)]
+    if missing:
+        raise UnsupportedPathError(f"{what} {text} needs {' and '.join(missing)}: pip install 'vheat-jax[gcs]'")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
