@@ -51,6 +51,8 @@ def subprocess_env(jax_cache_dir: Path, num_devices: int = 1, **extra: str) -> d
             "JAX_COMPILATION_CACHE_DIR": str(jax_cache_dir),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+            # No huge-page re-exec (tests/test_runtime.py covers it): a second interpreter start per run.
+            "VHEAT_HUGE_PAGES": "0",
         }
     )
     env.update(extra)

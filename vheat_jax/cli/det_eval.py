@@ -11,12 +11,12 @@ results are written as COCO result JSON (--results) and scored with COCOeval.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from absl import flags
 
 from vheat_jax.cli import common
+from vheat_jax.paths import as_path, check_supported, is_remote
 
 flags.DEFINE_string("checkpoint", None, "mmdetection .pth (or WORKDIR/maskrcnn_mmdet.pth of det_train.py). Required.")
 flags.DEFINE_string("data_dir", None, "COCO root with <split>/ and annotations/. Required.")
@@ -35,8 +35,11 @@ def main(argv: list[str]) -> None:
     for name in ("checkpoint", "data_dir"):
         if not FLAGS[name].value:
             common.fail(f"--{name} is required (see --help)")
-        if not os.path.exists(FLAGS[name].value):
+        check_supported(FLAGS[name].value, f"--{name}")
+        if not as_path(FLAGS[name].value).exists():
             common.fail(f"--{name} {FLAGS[name].value}: no such file or directory")
+    if is_remote(FLAGS.data_dir):
+        common.fail(f"--data_dir {FLAGS.data_dir}: the COCO reader reads local files only; copy the data set to this disk")
     try:
         scale = tuple(int(v) for v in FLAGS.scale.split(","))
     except ValueError:

@@ -11,11 +11,11 @@ The test mode, crop, stride and resize scale come from config.test (e.g. --confi
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags
 
 from vheat_jax.cli import common
+from vheat_jax.paths import as_path, check_supported
 
 flags.DEFINE_string("checkpoint", None, "mmseg .pth, or a training workdir (its latest checkpoint). Required.")
 flags.DEFINE_bool("per_class", False, "Also print per-class IoU and accuracy.")
@@ -27,7 +27,8 @@ def main(argv: list[str]) -> None:
     checkpoint = flags.FLAGS.checkpoint
     if not checkpoint:
         common.fail("--checkpoint is required (an mmseg .pth or a seg_train.py workdir)")
-    if not os.path.exists(checkpoint):
+    check_supported(checkpoint, "--checkpoint")
+    if not as_path(checkpoint).exists():
         common.fail(f"--checkpoint {checkpoint}: no such file or directory")
     from vheat_jax.seg.evaluation import evaluate, inference_config, load_for_evaluation
     from vheat_jax.seg.inference import Segmenter

@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vheat_jax import paths
 from vheat_jax.arch import Arch
 from vheat_jax.convert import read_mmengine_checkpoint
 from vheat_jax.data.pipeline import eval_shard_bounds
@@ -69,13 +70,18 @@ def make_source(config, workdir: Path, split: str, train: bool) -> CocoSource:
     if config.dataset == "shapes":
         from vheat_jax.det.demo import make_shapes_dataset
 
-        root = Path(config.data_dir or workdir / "data" / "shapes")
+        # Written once by process 0; a gs:// workdir keeps the demo data on the local disk instead.
+        local = Path.home() / ".cache" / "vheat_jax" if paths.is_remote(workdir) else Path(workdir)
+        root = Path(config.data_dir or local / "data" / "shapes")
         if jax.process_index() == 0:
             make_shapes_dataset(root, **dict(config.get("shapes", {})))
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("shapes dataset written")
         return CocoSource(root, split, train=train, min_size=1)
     if config.dataset == "coco":
+        if config.data_dir and paths.is_remote(config.data_dir):
+            raise ConfigError(f"config.data_dir = {config.data_dir}: the COCO reader reads local files only; "
+                              "copy the data set to each host's disk")
         if not config.data_dir:
             raise ConfigError("config.data_dir is required for dataset='coco' (a COCO root with annotations/)")
         return CocoSource(config.data_dir, split, train=train)

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vheat_jax.paths import as_path
 from vheat_jax.seg import training
 from vheat_jax.seg.convert import read_mmseg_checkpoint
 from vheat_jax.seg.inference import InferenceConfig, Segmenter
@@ -51,7 +52,7 @@ def evaluate(segmenter: Segmenter, config, per_class: bool = False) -> dict:
 
 def load_for_evaluation(config, checkpoint: str | Path) -> tuple[UperNet, dict]:
     """``(model, variables)`` from an mmseg ``.pth`` or from the latest checkpoint in a training workdir."""
-    checkpoint = Path(checkpoint)
+    checkpoint = as_path(checkpoint)  # local or gs://
     if checkpoint.is_file():
         ckpt = read_mmseg_checkpoint(checkpoint, post_norm=config.init_post_norm)
         return ckpt.model, ckpt.variables

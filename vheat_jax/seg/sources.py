@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vheat_jax.paths import is_remote
 from vheat_jax.train.config import ConfigError
 
 ADE20K_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
@@ -86,6 +87,9 @@ class TfdsSegSource:
 def make_seg_source(config, split: str):
     """The source for ``config.dataset`` in {"ade20k", "tfds", "synthetic"}."""
     if config.dataset == "ade20k":
+        if config.data_dir and is_remote(config.data_dir):
+            raise ConfigError(f"config.data_dir = {config.data_dir}: the ADE20K folder reader reads local files only; "
+                              "copy the data set to each host's disk")
         if not config.data_dir:
             raise ConfigError("config.data_dir must point at ADEChallengeData2016 (images/, annotations/): "
                               "set --config.data_dir=...")
