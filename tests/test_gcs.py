@@ -108,10 +108,16 @@ def test_sigkill_then_resume_on_gcs_matches_uninterrupted_run(env, reference):
     process.communicate()
     killed_at = checkpoint_steps(workdir)[-1]
     assert process.returncode == -signal.SIGKILL and killed_at < GUARANTEE_STEPS
+    # What a kill in the middle of a save leaves on GCS: the next step's folder without its
+    # commit file (Orbax commits there by writing commit_success.txt, not by renaming).
+    partial = workdir / "checkpoints" / str(killed_at + 2)
+    (partial / "state" / "_METADATA").write_text("{}")
     result = run_train(workdir, None, *GUARANTEE_OVERRIDES, DATA, env=env)
     resumed = [line for line in result.stderr.splitlines() if "resuming from" in line or "loop.py" in line][:3]
     assert f"resuming from the checkpoint at step {killed_at}" in result.stderr, resumed
     assert_same_final_state(workdir, reference, "top1")
+    # The unfinished folder was ignored, then replaced by a real save (or deleted by retention since).
+    assert not partial.exists() or (partial / "commit_success.txt").exists()
 
 
 def run_script(env, *args):
