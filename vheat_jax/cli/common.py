@@ -8,7 +8,7 @@
   ``<script>: error: ...``, and exit status 2; a diverged run is one line and status 1.
   Programming errors keep their traceback.
 * Logs: orbax's and grain's INFO internals and JAX's "Unable to initialize backend"
-  lines are dropped unless ``--verbosity=1`` (``-v 1``) or higher.
+  lines (and gcsfs's) are dropped unless ``--verbosity=1`` (``-v 1``) or higher.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ Logging: -v 1 (--verbosity=1) also shows orbax's, grain's and JAX's own INFO lin
 USER_ERRORS = (ConfigError, CheckpointError, ArchitectureMismatchError, UnsupportedPathError, FileNotFoundError, FileExistsError,
                NotADirectoryError, IsADirectoryError, PermissionError)
 # Libraries whose INFO logs (several lines per checkpoint) would drown the progress lines.
-_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
+_CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/gcsfs/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
 
 
 def fail(message: str, status: int = 2) -> None:
