@@ -15,11 +15,11 @@ emulator's own, strong consistency under concurrent writers from many hosts.
 from __future__ import annotations
 
 import functools
-import socket
 from http import HTTPStatus
 
 from gcp_storage_emulator import server as emulator_server
 from gcp_storage_emulator.exceptions import NotFound
+from train_support import free_port
 
 
 def _object_name(request) -> tuple[str | None, str | None]:
@@ -62,12 +62,6 @@ def _with_generations(handler):
 
 def _patched_routes(routes):
     return tuple((regex, {method: _with_generations(h) for method, h in handlers.items()}) for regex, handlers in routes)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(bucket: str) -> tuple[emulator_server.Server, str]:

@@ -8,13 +8,13 @@ erasing) the mean loss of every step must agree up to float summation order.
 Drop path and mixup stay off: their draws depend on a row's place in a batch.
 """
 
-import socket
 import subprocess
 
 import numpy as np
 import pytest
 from train_support import (
     checkpoint_steps,
+    free_port,
     read_metrics,
     run_train,
     saved_data_position,
@@ -35,12 +35,6 @@ OVERRIDES = (
     "--config.aug.randaug=rand-m9-mstd0.5-inc1",
     "--config.aug.reprob=0.25",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def final_eval(workdir):

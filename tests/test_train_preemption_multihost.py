@@ -12,11 +12,11 @@ import signal
 import subprocess
 
 import pytest
-from test_train_distributed import free_port
 from train_support import (
     GUARANTEE_OVERRIDES,
     assert_same_final_state,
     checkpoint_steps,
+    free_port,
     start_train,
     subprocess_env,
     wait_for_path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,13 @@ def write_image_folder(root: Path, train_per_class: int = 12, val_per_class: int
                 pixels = colours[label] + rng.normal(0, 60, (size, size, 3))
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
     return root
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a coordinator or a test server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def subprocess_env(jax_cache_dir: Path, num_devices: int = 1, **extra: str) -> dict[str, str]:

@@ -55,9 +55,8 @@ def _drop_library_chatter(record: std_logging.LogRecord) -> bool:
 def quiet_library_logs() -> None:
     if flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1:
         return
-    for handler_owner in (std_logging.getLogger(), std_logging.getLogger("absl")):
-        handler_owner.addFilter(_drop_library_chatter)
-    for handler in std_logging.getLogger().handlers:
+    std_logging.getLogger("absl").addFilter(_drop_library_chatter)  # orbax and grain log through absl
+    for handler in std_logging.getLogger().handlers:  # every other logger's records reach these
         handler.addFilter(_drop_library_chatter)
     # "Unable to initialize backend 'tpu'" on CPU hosts: jax logs it at INFO/WARNING through this logger.
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
@@ -130,13 +129,6 @@ def _unknown_override(flag_name: str, config=None) -> str:
     return message
 
 
-def _loaded_config():
-    try:
-        return flags.FLAGS["config"].value
-    except Exception:  # noqa: BLE001 - only used for a suggestion
-        return None
-
-
 def parse_flags(argv: list[str], has_config: bool) -> list[str]:
     """absl's parsing, with one-line errors for what a user gets wrong."""
     try:
@@ -147,7 +139,7 @@ def parse_flags(argv: list[str], has_config: bool) -> list[str]:
         fail(str(err))
     except flags.UnrecognizedFlagError as err:
         if err.flagname.startswith("config."):
-            fail(_unknown_override(err.flagname, _loaded_config()))
+            _fail_on_unknown_override(_config_spec(argv), argv, err)
         fail(f"unknown flag --{err.flagname} (see --help)")
     except flags.Error as err:
         first = str(err).splitlines()[0]

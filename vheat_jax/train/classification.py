@@ -184,9 +184,7 @@ class StateFactory:
         return new_train_state(self._init_params(rng), self.tx)
 
     def abstract_with_shardings(self):
-        return jax.tree.map(
-            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), self.abstract, self.shardings
-        )
+        return loop.with_shardings(self.abstract, self.shardings)
 
     def fresh(self) -> TrainState:
         return jax.jit(self._init_state, out_shardings=self.shardings)(self._rng)
