@@ -120,6 +120,13 @@ def test_sigkill_then_resume_on_gcs_matches_uninterrupted_run(env, reference):
     assert not partial.exists() or (partial / "commit_success.txt").exists()
 
 
+def test_workdir_in_a_missing_bucket_is_one_line_and_exit_2(env):
+    result = run_train(epath.Path("gs://no-such-bucket/run"), None, DATA, env=env, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "--workdir gs://no-such-bucket/run: cannot write there" in errors[0]
+
+
 def run_script(env, *args):
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)

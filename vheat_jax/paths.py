@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import uuid
 
 from etils import epath
 
@@ -50,6 +51,20 @@ def check_supported(path: str | os.PathLike, what: str) -> None:
     missing = [package for module, package in _GCS_MODULES.items() if not _importable(module)]
     if missing:
         raise UnsupportedPathError(f"{what} {text} needs {' and '.join(missing)}: pip install 'vheat-jax[gcs]'")
+
+
+def check_writable(directory: epath.Path, what: str) -> None:
+    """Creates ``directory`` and writes and removes a probe file in it, or fails with one line (a bucket that
+    does not exist, missing credentials, a read-only disk), before any work is done."""
+    probe = directory / f".vheat_write_probe_{uuid.uuid4().hex}"  # one per process: hosts probe at once
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except Exception as err:  # noqa: BLE001 - every client reports this differently; the message names it
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UnsupportedPathError(f"{what} {directory}: cannot write there ({type(err).__name__}: {reason}); "
+                                   "check the path, the bucket name and the credentials") from None
 
 
 def _importable(module: str) -> bool:

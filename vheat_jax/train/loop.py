@@ -194,6 +194,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     check_renamed_fields(config)
     paths.check_supported(workdir, "--workdir")
     workdir = paths.as_path(workdir)
+    paths.check_writable(workdir, "--workdir")
     multiprocess = distributed.maybe_initialize(config.distributed)
     is_process0 = jax.process_index() == 0
     with contextlib.ExitStack() as teardown:  # closes in reverse order, whatever raised
