@@ -14,12 +14,39 @@ from collections.abc import Mapping
 from typing import Any
 
 from vheat_jax.model import VHeat, VHeatBackbone
+from vheat_jax.torch_io import CheckpointError
 
 log = logging.getLogger(__name__)
 
 
-class ArchitectureMismatchError(ValueError):
-    """The weights do not fit the architecture asked for."""
+class ArchitectureMismatchError(CheckpointError):
+    """The weights do not fit the architecture asked for, or a checkpoint describes its architecture wrongly."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 0 for v in value)
+
+
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "dims": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "depths": (lambda v: _is_int_sequence(v) and 0 < len(v) <= 8, "a list of 1 to 8 non-negative ints"),
+    "post_norm": (lambda v: isinstance(v, bool), "a bool"),
+    "layer_scale": (lambda v: v is None or _is_number(v), "a number or null"),
+    "img_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "num_classes": (lambda v: v is None or (_is_int(v) and v > 0), "a positive int or null"),
+    "infer_mode": (lambda v: isinstance(v, bool), "a bool"),
+    "patch_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "mlp_ratio": (lambda v: _is_number(v) and v > 0, "a positive number"),
+}
+"""What each :class:`Arch` field must be; a file that says otherwise is refused, naming the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +62,14 @@ class Arch:
     infer_mode: bool = False
     patch_size: int = 4
     mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name, (valid, expected) in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not valid(value):
+                raise ArchitectureMismatchError(f"architecture field {name} is {value!r:.60} "
+                                                f"({type(value).__name__}), expected {expected}")
+        object.__setattr__(self, "depths", tuple(self.depths))
 
     @property
     def dense(self) -> bool:
@@ -60,9 +95,19 @@ class Arch:
 
     @classmethod
     def from_json(cls, text: str) -> Arch:
-        fields = json.loads(text)
-        fields["depths"] = tuple(fields["depths"])
-        return cls(**fields)
+        """The architecture :meth:`to_json` wrote; anything else is an :class:`ArchitectureMismatchError`."""
+        try:
+            fields = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise ArchitectureMismatchError(f"architecture description is not JSON ({err})") from None
+        known = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(fields, dict) or not set(fields) <= known or "dims" not in fields:
+            raise ArchitectureMismatchError(f"architecture description {text!r:.80} is not an object with the "
+                                            f"fields {', '.join(sorted(known))}")
+        try:
+            return cls(**fields)
+        except TypeError as err:  # a required field missing
+            raise ArchitectureMismatchError(f"architecture description: {err}") from None
 
 
 def _dash(values) -> str:
@@ -114,39 +159,46 @@ def _config_get(config: Mapping, *path: str) -> Any:
     return node
 
 
+def _official_field(config: Mapping, path: str, valid, expected: str) -> Any:
+    """``config[...path...]`` of the official yacs config, None when absent; refused when of the wrong type."""
+    value = _config_get(config, *path.split("."))
+    if value is not None and not valid(value):
+        raise ArchitectureMismatchError(f"checkpoint config {path} is {value!r:.60} ({type(value).__name__}), "
+                                        f"expected {expected}")
+    return value
+
+
 def official_post_norm(config: Mapping) -> bool | None:
     """``MODEL.VHEAT.POST_NORM`` of the official config, when it says (a bool; anything else is refused)."""
-    value = _config_get(config, "MODEL", "VHEAT", "POST_NORM")
-    if value is not None and not isinstance(value, bool):
-        raise ArchitectureMismatchError(
-            f"checkpoint config MODEL.VHEAT.POST_NORM is {value!r} ({type(value).__name__}), not a bool")
-    return value
+    return _official_field(config, "MODEL.VHEAT.POST_NORM", *_FIELD_TYPES["post_norm"])
 
 
 def arch_from_official_config(config: Mapping, weights_arch: Arch) -> Arch:
     """Applies the official yacs config (as inert data) on top of what the weights say.
 
-    Raises :class:`ArchitectureMismatchError` when the config and the weights disagree.
+    Raises :class:`ArchitectureMismatchError` when the config and the weights disagree,
+    or when a config value has the wrong type (naming the field).
     """
-    vheat = _config_get(config, "MODEL", "VHEAT") or {}
-    asked = dict(
-        dims=vheat.get("EMBED_DIM"),
-        depths=None if vheat.get("DEPTHS") is None else tuple(vheat["DEPTHS"]),
-        img_size=_config_get(config, "DATA", "IMG_SIZE"),
-        num_classes=_config_get(config, "MODEL", "NUM_CLASSES"),
-        patch_size=vheat.get("PATCH_SIZE"),
-        mlp_ratio=vheat.get("MLP_RATIO"),
-    )
+    vheat = _official_field(config, "MODEL.VHEAT", lambda v: isinstance(v, Mapping), "a config node") or {}
+    fields = {"dims": "MODEL.VHEAT.EMBED_DIM", "depths": "MODEL.VHEAT.DEPTHS", "img_size": "DATA.IMG_SIZE",
+              "num_classes": "MODEL.NUM_CLASSES", "patch_size": "MODEL.VHEAT.PATCH_SIZE",
+              "mlp_ratio": "MODEL.VHEAT.MLP_RATIO"}
+    asked = {name: _official_field(config, path, *_FIELD_TYPES[name]) for name, path in fields.items()}
     asked = {name: value for name, value in asked.items() if value is not None}
+    if "depths" in asked:
+        asked["depths"] = tuple(asked["depths"])
     if weights_arch.infer_mode:
         asked.pop("img_size", None)  # an inference-form k_exp may have been built for another size
     check_arch(weights_arch, weights_arch.replace(**asked), found_what="checkpoint weights",
                asked_what="checkpoint config")
     post_norm = official_post_norm(config)
-    layer_scale = vheat.get("LAYER_SCALE")
+    layer_scale = vheat.get("LAYER_SCALE") if vheat else None
+    if layer_scale is not None and not _is_number(layer_scale):
+        raise ArchitectureMismatchError(f"checkpoint config MODEL.VHEAT.LAYER_SCALE is {layer_scale!r:.60} "
+                                        f"({type(layer_scale).__name__}), expected a number")
     return weights_arch.replace(
         **asked,
-        post_norm=weights_arch.post_norm if post_norm is None else bool(post_norm),
+        post_norm=weights_arch.post_norm if post_norm is None else post_norm,
         layer_scale=weights_arch.layer_scale if layer_scale is None else float(layer_scale),
     )
 

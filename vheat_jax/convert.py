@@ -10,19 +10,23 @@ official code loads with ``load_state_dict(strict=True)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import ml_dtypes
 import numpy as np
-from flax import serialization
+from flax import serialization, traverse_util
 
-from vheat_jax.arch import Arch, arch_from_official_config, arch_from_state_dict, official_post_norm
-from vheat_jax.keymap import flax_to_torch, torch_to_flax
+from vheat_jax.arch import (Arch, ArchitectureMismatchError, arch_from_official_config, arch_from_state_dict,
+                            official_post_norm)
+from vheat_jax.keymap import flax_param_shapes, flax_to_torch, mismatch_report, table_mismatches, torch_to_flax
 from vheat_jax.paths import as_path, is_remote
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
 
@@ -35,13 +39,30 @@ ARCH_FILE = "vheat_arch.json"
 WRAPPER_PREFIX = "module."  # DistributedDataParallel / EMA wrappers save keys under .module
 
 
+WEIGHT_DTYPES = frozenset(np.dtype(d) for d in ("float16", "float32", "float64", ml_dtypes.bfloat16))
+"""What a weight may be stored as; integer, bool and complex tensors are refused (complex would lose its
+imaginary part, integers their meaning)."""
+
+COUNTER_SUFFIX = ".num_batches_tracked"
+"""BatchNorm's step counter: the one integer tensor a state dict legitimately holds."""
+
+
 def require_tensors(state_dict: Any, source: str) -> dict[str, np.ndarray]:
-    """``state_dict`` as a dict, after checking that it maps names to tensors (numpy arrays)."""
+    """``state_dict`` as a dict, after checking that it maps string names to real floating-point tensors."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(f"{source}: expected a state dict, found {type(state_dict).__name__}")
-    bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
-    if bad:
-        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(map(str, bad[:8]))}")
+    bad_keys = [k for k in state_dict if not isinstance(k, str)]
+    if bad_keys:
+        raise CheckpointError(f"{source}: state-dict keys must be strings, found {bad_keys[0]!r:.40} "
+                              f"({type(bad_keys[0]).__name__})")
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
+    if not_tensors:
+        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(not_tensors[:8])}")
+    for key, value in state_dict.items():
+        allowed = value.dtype.kind in "iu" if key.endswith(COUNTER_SUFFIX) else value.dtype in WEIGHT_DTYPES
+        if not allowed:
+            expected = "an integer" if key.endswith(COUNTER_SUFFIX) else "bfloat16, float16, float32 or float64"
+            raise CheckpointError(f"{source}: {key} is a {value.dtype} tensor, expected {expected}")
     return dict(state_dict)
 
 
@@ -116,9 +137,57 @@ def export_torch(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
     save_pth(payload, path)
 
 
+CHECKSUM_FILE = "vheat_checksums.json"
+
+
+def array_checksums(params: Mapping) -> dict[str, int]:
+    """CRC-32 of every array's bytes, by ``/``-joined parameter path: written at save time, checked at load."""
+    return {"/".join(path): zlib.crc32(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+            for path, value in traverse_util.flatten_dict(dict(params)).items()}
+
+
+def verify_checksums(params: Mapping, expected: Any, source: str) -> None:
+    """Refuses ``params`` whose bytes differ from what was written (a flipped bit, a truncated copy)."""
+    if expected is None:
+        log.warning("%s carries no checksums (written before vheat-jax 0.2); its arrays are not verified", source)
+        return
+    if not isinstance(expected, Mapping):
+        raise CheckpointError(f"{source}: its checksums are {type(expected).__name__}, not a mapping")
+    found = array_checksums(params)
+    corrupt = sorted(path for path in found if expected.get(path) != found[path])
+    if corrupt or set(expected) != set(found):
+        named = corrupt or sorted(set(expected) ^ set(found))
+        raise CheckpointError(f"{source}: {len(named)} array(s) do not match the checksums written with them "
+                              f"({', '.join(named[:6])}); the file is corrupt: copy or convert it again "
+                              "(verify=False loads it anyway)")
+
+
+def check_params(params: Any, arch: Arch, source: str) -> dict:
+    """``params`` after checking they are exactly the arrays ``arch`` declares: every one used, every shape right."""
+    if not isinstance(params, Mapping):
+        raise CheckpointError(f"{source}: its params are {type(params).__name__}, not a tree of arrays")
+    flat = {"/".join(map(str, path)): value for path, value in traverse_util.flatten_dict(dict(params)).items()}
+    table = {"/".join(path): (shape,) for path, shape in flax_param_shapes(arch).items()}
+    not_arrays = [key for key, value in flat.items() if not isinstance(value, (np.ndarray, jax.Array))]
+    if not_arrays:
+        raise CheckpointError(f"{source}: entries that are not arrays: {', '.join(not_arrays[:8])}")
+    bad_dtype = [key for key, value in flat.items() if np.dtype(value.dtype) not in WEIGHT_DTYPES]
+    if bad_dtype:
+        raise CheckpointError(f"{source}: {bad_dtype[0]} is {flat[bad_dtype[0]].dtype}, expected a real "
+                              "floating-point type")
+    missing, unexpected, misshaped = table_mismatches(flat, table)
+    if missing or unexpected or misshaped:
+        raise ArchitectureMismatchError(mismatch_report(
+            missing, unexpected, misshaped, subject=f"{source}: its arrays do not fit its declared architecture "
+            f"({ARCH_FILE} / 'arch')"))
+    return params
+
+
 def save_msgpack(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
-    """One self-describing file (Flax msgpack; no pickle): ``{"arch": json, "params": tree}``."""
-    payload = serialization.msgpack_serialize({"arch": arch.to_json(), "params": jax.tree.map(np.asarray, params)})
+    """One self-describing file (Flax msgpack; no pickle): ``{"arch": json, "params": tree, "checksums"}``."""
+    params = jax.tree.map(np.asarray, params)
+    payload = serialization.msgpack_serialize(
+        {"arch": arch.to_json(), "params": params, "checksums": array_checksums(params)})
     if is_remote(path):  # an object store replaces whole objects atomically
         as_path(path).write_bytes(payload)
         return
@@ -128,42 +197,71 @@ def save_msgpack(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
 
 
 def save_orbax(params: Mapping, arch: Arch, directory: str | os.PathLike) -> None:
-    """An Orbax checkpoint directory ``directory/params`` plus ``directory/vheat_arch.json``."""
+    """An Orbax checkpoint ``directory/params`` plus ``vheat_arch.json`` and the arrays' checksums."""
     import orbax.checkpoint as ocp
 
+    params = jax.tree.map(np.asarray, params)
     directory = as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / "params", jax.tree.map(np.asarray, params), force=True)
-    (directory / ARCH_FILE).write_text(arch.to_json())
+        checkpointer.save(directory / "params", params, force=True)
+    (directory / CHECKSUM_FILE).write_text(json.dumps(array_checksums(params)))
+    (directory / ARCH_FILE).write_text(arch.to_json())  # last: its presence marks a complete directory
 
 
-def load_converted(path: str | os.PathLike) -> tuple[Arch, dict]:
-    """Loads what :func:`save_orbax` or :func:`save_msgpack` wrote."""
-    path = as_path(path)
-    if path.is_dir():
-        import orbax.checkpoint as ocp
+def _read_orbax(path, verify: bool) -> tuple[Arch, dict, Any]:
+    import orbax.checkpoint as ocp
 
-        if not (path / ARCH_FILE).exists():
-            raise CheckpointError(f"{path}: no {ARCH_FILE}; not a directory written by convert_torch.py")
-        arch = Arch.from_json((path / ARCH_FILE).read_text())
+    if not (path / ARCH_FILE).exists():
+        raise CheckpointError(f"{path}: no {ARCH_FILE}; not a directory written by convert_torch.py")
+    arch = Arch.from_json((path / ARCH_FILE).read_text())
+    checksums = None
+    if verify and (path / CHECKSUM_FILE).exists():
+        try:
+            checksums = json.loads((path / CHECKSUM_FILE).read_text())
+        except ValueError as err:
+            raise CheckpointError(f"{path / CHECKSUM_FILE} is corrupt ({err})") from None
+    try:
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(path / "params")
-        return arch, params
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path / 'params'} could not be restored ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); the checkpoint is corrupt") from None
+    return arch, params, checksums
+
+
+def _read_msgpack(path, verify: bool) -> tuple[Arch, dict, Any]:
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
-        return Arch.from_json(payload["arch"]), payload["params"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: not a vheat-jax .msgpack file ({err})") from err
+    except Exception as err:  # noqa: BLE001 - msgpack's errors for malformed bytes have no common base
+        raise CheckpointError(f"{path}: not a vheat-jax .msgpack file ({type(err).__name__}: {err})") from None
+    if not (isinstance(payload, dict) and isinstance(payload.get("arch"), str) and "params" in payload):
+        raise CheckpointError(f"{path}: not a vheat-jax .msgpack file (no 'arch' and 'params')")
+    return Arch.from_json(payload["arch"]), payload["params"], payload.get("checksums") if verify else None
 
 
-def load_any(path: str | os.PathLike, *, ema: bool = False, post_norm: bool | None = None) -> tuple[Arch, dict]:
+def load_converted(path: str | os.PathLike, *, verify: bool = True) -> tuple[Arch, dict]:
+    """Loads what :func:`save_orbax` or :func:`save_msgpack` wrote, strictly.
+
+    Every stored array must be one its declared architecture has, of the right
+    shape, and (unless ``verify=False``) carry the bytes its checksum says.
+    """
+    path = as_path(path)
+    arch, params, checksums = (_read_orbax if path.is_dir() else _read_msgpack)(path, verify)
+    params = check_params(params, arch, str(path))
+    if verify:
+        verify_checksums(params, checksums, str(path))
+    return arch, params
+
+
+def load_any(path: str | os.PathLike, *, ema: bool = False, post_norm: bool | None = None,
+             verify: bool = True) -> tuple[Arch, dict]:
     """``(arch, params)`` from a ``.pth`` (converted on the fly), an Orbax directory or a ``.msgpack``."""
     path = as_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if path.is_dir() or path.suffix == ".msgpack":
-        return load_converted(path)
+        return load_converted(path, verify=verify)
     return params_from_torch(path, ema=ema, post_norm=post_norm)
 
 

@@ -25,6 +25,19 @@ called; every global the pickle names is looked up in tables of this module:
   any *call* of a global that is not rebuilt above, since calling a global is how
   a malicious pickle runs code.
 
+Resource model: what the file *says* never decides how much memory is used.
+Before unpickling, a pass over the pickle's opcodes (:func:`_check_opcodes`)
+refuses memo indices beyond the number of opcodes read, declared lengths beyond
+the stream's end, more than :data:`MAX_NESTING` open MARKs, and the opcodes
+torch never writes (protocol-5 buffers, extension codes). Records must be
+stored uncompressed, as ``torch.save`` writes them (a compressed record can
+claim any inflated size), ``data.pkl`` is at most :data:`MAX_PICKLE_BYTES`, and
+the storages read together never exceed the archive's own size (overlapping zip
+entries are refused that way). Each storage may be materialised into tensors at
+most :data:`VIEW_FACTOR` times over (stride-0 and overlapping views count at their
+full size), so a load's peak memory stays below about ``(1 + VIEW_FACTOR)`` times
+the file's size. The loaded tree may nest at most :data:`MAX_NESTING` deep.
+
 :func:`save_pth` writes the layout torch 2.x writes, loadable by
 ``torch.load(path, weights_only=True)``.
 """
@@ -34,6 +47,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -47,6 +61,16 @@ import numpy as np
 from vheat_jax.paths import as_path, is_remote
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "OpaqueObject", "load_pth", "save_pth"]
+
+MAX_PICKLE_BYTES = 64 << 20
+"""Largest ``data.pkl`` read (the official vHeat-B checkpoint's is 0.2 MB: tensors live in their own records)."""
+
+MAX_NESTING = 100
+"""Deepest nesting of containers (and of open MARKs) a checkpoint may have; real ones nest fewer than 10."""
+
+VIEW_FACTOR = 4
+"""How many times over the tensors of one storage may materialise its elements (tied weights share a storage;
+a stride-0 view of 16 bytes could otherwise claim gigabytes)."""
 
 
 class CheckpointError(ValueError):
@@ -122,9 +146,13 @@ class _TorchDtype(NamedTuple):
 
 
 class _Storage(NamedTuple):
-    """A storage read from ``data/<key>``: a read-only 1-D little-endian array over the record's bytes."""
+    """A storage read from ``data/<key>``: a read-only 1-D little-endian array over the record's bytes.
+
+    ``charge(n)`` counts ``n`` more elements materialised from it against its :data:`VIEW_FACTOR` budget.
+    """
 
     data: np.ndarray
+    charge: Callable[[int], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +187,7 @@ def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any, dtyp
     native = data.dtype.newbyteorder("=")
     if 0 in shape:
         return np.empty(shape, native)
+    storage.charge(int(np.prod(shape, dtype=object)) * data.itemsize)
     last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
     if last >= data.size:
         raise CheckpointError(f"tensor of size {shape} (offset {offset}, stride {strides}) runs past the end "
@@ -216,9 +245,12 @@ def _codecs_encode(*args: Any) -> bytes:
 
 
 def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
-    if not isinstance(spec, str):
-        raise CheckpointError(f"numpy.dtype from {type(spec).__name__}, not from a type code")
-    return np.dtype(spec, bool(align), bool(copy))
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise CheckpointError(f"numpy.dtype from {spec!r:.40}, not from a short type code")
+    dtype = np.dtype(spec, bool(align), bool(copy))
+    if dtype.hasobject or dtype.kind == "V":
+        raise CheckpointError(f"numpy dtype {spec!r} holds objects or raw records; only numbers are read")
+    return dtype
 
 
 def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
@@ -358,41 +390,133 @@ def _inert_getattr(obj: Any, name: Any) -> _InertClass:
     return _inert_class(obj.module, f"{obj.qualname}.{name}")
 
 
+_INERT_GETATTR = _SafeCall(_inert_getattr)
+"""What ``builtins.getattr`` resolves to: a NamedTuple around the function, so BUILD cannot reach the function."""
+
+
 # ---------------------------------------------------------------------------------------------
 # reading
 
 _CORRUPTION_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                       AttributeError, struct.error, OverflowError, zipfile.BadZipFile, zlib.error,
-                      NotImplementedError, RuntimeError)  # the last two: unsupported compression, encryption
-"""What malformed pickle or zip data raises inside the stdlib; reported as CheckpointError."""
+                      NotImplementedError, RuntimeError, OSError, RecursionError)
+"""What malformed pickle or zip data raises inside the stdlib (NotImplementedError: an unknown zip version
+or compression; OSError: a header offset before the file's start); reported as CheckpointError."""
+
+_UNWRITTEN_OPCODES = frozenset({"NEXT_BUFFER", "READONLY_BUFFER", "BYTEARRAY8", "EXT1", "EXT2", "EXT4"})
+"""Opcodes torch never writes: out-of-band buffers (protocol 5) and the copyreg extension registry."""
+
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuses, before unpickling, what would make the unpickler allocate more than the stream holds.
+
+    ``pickletools.genops`` reads every opcode's argument without building anything;
+    a declared length beyond the end of the stream fails there. A memo index can
+    exceed neither the number of opcodes so far (each entry takes one) nor is
+    allocated otherwise: the C unpickler grows its memo table to the index given.
+    """
+    marks = 0
+    for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
+        if opcode.name in _UNWRITTEN_OPCODES:
+            raise CheckpointError(f"its pickle uses {opcode.name}, which torch.save never writes")
+        if opcode.name in _MEMO_OPCODES and not 0 <= arg <= count:
+            raise CheckpointError(f"its pickle's {opcode.name} names memo entry {arg} after {count} opcodes; "
+                                  "the file is corrupt")
+        if opcode.name == "MARK":
+            marks += 1
+            if marks > MAX_NESTING:
+                raise CheckpointError(f"its pickle nests more than {MAX_NESTING} levels deep")
+        elif pickletools.markobject in opcode.stack_before:
+            marks -= 1
+
+
+def _children(obj: Any) -> Iterable[Any] | None:
+    if isinstance(obj, OpaqueObject):
+        return (*obj.keys(), *obj.values(), obj.state)
+    if isinstance(obj, dict):
+        return (*obj.keys(), *obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return obj
+    return None
+
+
+def _check_nesting(obj: Any, depth: int = 0, heights: dict[int, int] | None = None,
+                   active: set[int] | None = None) -> int:
+    """The height of ``obj``'s tree; refuses one deeper than :data:`MAX_NESTING` or that contains itself.
+
+    Heights are memoised by identity, so shared sub-trees (the memo lets a small
+    pickle reference one object many times) are walked once.
+    """
+    heights = {} if heights is None else heights
+    active = set() if active is None else active
+    children = _children(obj)
+    if children is None:
+        return 0
+    key = id(obj)
+    if key not in heights:
+        if key in active:
+            raise CheckpointError("its pickle builds a container that contains itself")
+        if depth >= MAX_NESTING:
+            raise CheckpointError(f"its data nests more than {MAX_NESTING} levels deep")
+        active.add(key)
+        heights[key] = 1 + max((_check_nesting(c, depth + 1, heights, active) for c in children), default=0)
+        active.discard(key)
+    if depth + heights[key] > MAX_NESTING:
+        raise CheckpointError(f"its data nests more than {MAX_NESTING} levels deep")
+    return heights[key]
 
 
 class _Archive:
-    """The records of one checkpoint zip, found under its top-level directory (whatever its name)."""
+    """The records of one checkpoint zip, found under its top-level directory (whatever its name).
 
-    def __init__(self, zf: zipfile.ZipFile) -> None:
+    Reads are bounded by the archive, not by what its headers claim: see the
+    module's resource model.
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, archive_bytes: int) -> None:
         self._zf = zf
-        names = zf.namelist()
-        pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+        self._infos = {info.filename: info for info in zf.infolist()}
+        pickles = [n for n in self._infos if n.count("/") == 1 and n.endswith("/data.pkl")]
         if not pickles:
             raise CheckpointError("a zip archive but not a PyTorch checkpoint (it has no <dir>/data.pkl)")
         self._prefix = pickles[0][: -len("data.pkl")]
-        if self._prefix + "constants.pkl" in names:
+        if self._prefix + "constants.pkl" in self._infos:
             raise CheckpointError("a TorchScript archive (torch.jit.save), not a checkpoint; "
                                   "save its state_dict() with torch.save and load that")
-        self._storages: dict[str, bytes] = {}
+        self._storages: dict[str, _Storage] = {}
+        self._unread_bytes = archive_bytes  # what the storages read so far leave of the archive
+        self._view_budget: dict[str, int] = {}
 
-    def record(self, name: str) -> bytes:
-        try:
-            return self._zf.read(self._prefix + name)
-        except KeyError:
-            raise CheckpointError(f"record {self._prefix + name} is missing; "
-                                  "the file is truncated or corrupt") from None
+    def _info(self, name: str) -> zipfile.ZipInfo:
+        info = self._infos.get(self._prefix + name)
+        if info is None:
+            raise CheckpointError(f"record {self._prefix + name} is missing; the file is truncated or corrupt")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"record {info.filename} is compressed (zip method {info.compress_type}); "
+                                  "torch.save stores records uncompressed: re-save the checkpoint with torch.save")
+        if info.file_size != info.compress_size:
+            raise CheckpointError(f"record {info.filename} claims {info.file_size} bytes but stores "
+                                  f"{info.compress_size}; the file is corrupt")
+        return info
+
+    def record(self, name: str, limit: int) -> bytes:
+        """The bytes of ``<prefix><name>``, refused if it claims more than ``limit`` bytes; CRC-checked."""
+        info = self._info(name)
+        if info.file_size > limit:
+            raise CheckpointError(f"record {info.filename} claims {info.file_size} bytes, more than the {limit} "
+                                  "this reader allows for it")
+        with self._zf.open(info) as f:
+            data = f.read(info.file_size)  # reading to the record's end makes zipfile check its CRC
+        if len(data) != info.file_size:
+            raise CheckpointError(f"record {info.filename} is truncated")
+        return data
 
     def check_byteorder(self) -> None:
         """Storages are read as little-endian; a file saved on a big-endian machine says so here and is refused."""
-        if self._prefix + "byteorder" in self._zf.namelist():
-            order = self.record("byteorder").decode("ascii", "replace")
+        if self._prefix + "byteorder" in self._infos:
+            order = self.record("byteorder", 16).decode("ascii", "replace")
             if order != "little":
                 raise CheckpointError(f"tensors stored in {order!r} byte order; only "
                                       "little-endian checkpoints are supported (re-save it on a little-endian machine)")
@@ -404,16 +528,36 @@ class _Archive:
             raise CheckpointError(f"unsupported persistent id {pid!r:.100}")
         _, storage_type, key, _location, numel = pid
         if key not in self._storages:
-            self._storages[key] = self.record(f"data/{key}")
-        raw = self._storages[key]
+            self._storages[key] = self._read_storage(key)
+        data = self._storages[key].data
         dtype = storage_type.dtype.newbyteorder("<")
-        if numel * dtype.itemsize > len(raw):
-            raise CheckpointError(f"storage data/{key} has {len(raw)} bytes, fewer than its "
+        if numel * dtype.itemsize > data.nbytes:
+            raise CheckpointError(f"storage data/{key} has {data.nbytes} bytes, fewer than its "
                                   f"{numel} {storage_type.name} elements need; the file is truncated or corrupt")
-        return _Storage(np.frombuffer(raw, dtype, count=numel))
+        return self._storages[key]._replace(data=data.view(np.uint8)[: numel * dtype.itemsize].view(dtype))
+
+    def _read_storage(self, key: str) -> _Storage:
+        info = self._info(f"data/{key}")
+        if info.compress_size > self._unread_bytes:
+            raise CheckpointError(f"storage records add up to more bytes than the file holds (at data/{key}); "
+                                  "its zip entries overlap: the file is corrupt or crafted")
+        self._unread_bytes -= info.compress_size
+        raw = self.record(f"data/{key}", info.file_size)
+        self._view_budget[key] = VIEW_FACTOR * len(raw)
+
+        def charge(nbytes: int) -> None:
+            self._view_budget[key] -= nbytes
+            if self._view_budget[key] < 0:
+                raise CheckpointError(f"the tensors over storage data/{key} ({len(raw)} bytes) would materialise "
+                                      f"more than {VIEW_FACTOR} times its size (stride-0 or overlapping views); "
+                                      "refused")
+
+        return _Storage(np.frombuffer(raw, np.uint8), charge)
 
     def pickle_bytes(self) -> bytes:
-        return self.record("data.pkl")
+        data = self.record("data.pkl", MAX_PICKLE_BYTES)
+        _check_opcodes(data)
+        return data
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -429,7 +573,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[module, name]
         if (module, name) == ("builtins", "getattr"):
-            return _inert_getattr
+            return _INERT_GETATTR
         if module.split(".")[0] in _CODE_RUNNING_MODULES or (module == "builtins" and name in _CODE_RUNNING_BUILTINS):
             raise _refusal("uses", f"{module}.{name}")
         if (module, name) not in self._inert:
@@ -459,32 +603,36 @@ def load_pth(path: str | os.PathLike) -> Any:
     Tensors become contiguous numpy arrays of the same dtype (bfloat16 as
     ``ml_dtypes.bfloat16``); instances of unknown classes become
     :class:`OpaqueObject`. Raises :class:`UnsafeCheckpointError` if the pickle
-    tries to run code, :class:`CheckpointError` for anything else it cannot read.
+    tries to run code, :class:`CheckpointError` for anything else it cannot read,
+    including a file whose claims exceed the bounds of the module's resource model.
     """
     source = os.fspath(path)
     with as_path(source).open("rb") as f:  # local or gs://
         head = f.read(512)
+        size = f.seek(0, os.SEEK_END)
         f.seek(0)
         try:
             zf = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error):
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error, NotImplementedError):
             raise CheckpointError(_not_a_zip_message(source, head)) from None
-        return _load_archive(zf, source)
+        return _load_archive(zf, size, source)
 
 
-def _load_archive(zf: zipfile.ZipFile, source: str) -> Any:
+def _load_archive(zf: zipfile.ZipFile, size: int, source: str) -> Any:
     with zf:
         try:
-            archive = _Archive(zf)
+            archive = _Archive(zf, size)
             archive.check_byteorder()
-            return _RestrictedUnpickler(archive).load()
+            loaded = _RestrictedUnpickler(archive).load()
+            _check_nesting(loaded)
+            return loaded
         except UnsafeCheckpointError as err:
             raise UnsafeCheckpointError(f"refusing to load {source}: {err}") from None
         except CheckpointError as err:
             raise CheckpointError(f"{source}: {err}") from None
         except _CORRUPTION_ERRORS as err:
             raise CheckpointError(f"{source} is corrupt or not a torch checkpoint: its data.pkl could not be "
-                                  f"read ({type(err).__name__}: {err})") from err
+                                  f"read ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from vheat_jax.arch import arch_from_state_dict, check_arch
 from vheat_jax.convert import read_mmengine_checkpoint
 from vheat_jax.keymap import CONV, SAME, KeyMismatchError, Layout
 from vheat_jax.seg.model import UperNet, UperNetConfig
-from vheat_jax.torch_io import save_pth
+from vheat_jax.torch_io import CheckpointError, save_pth
 
 log = logging.getLogger(__name__)
 
@@ -168,16 +168,26 @@ def _literal(node: ast.AST) -> Any:
     return _NOT_A_LITERAL
 
 
+MAX_CFG_CHARS = 1 << 20
+"""Longest ``meta["cfg"]`` text parsed (mmseg's dumps are a few kilobytes)."""
+
+
 def model_cfg_from_text(cfg_text: str) -> dict:
     """The ``model = dict(...)`` of an mmengine config dump, as plain data (``{}`` if absent).
 
     Values that are not literals (names, calls other than ``dict``) are left out.
+    Text longer than :data:`MAX_CFG_CHARS` or nested deeper than the parser allows is refused.
     """
+    if not isinstance(cfg_text, str) or len(cfg_text) > MAX_CFG_CHARS:
+        raise CheckpointError(f"meta['cfg'] is {type(cfg_text).__name__} of {len(cfg_text)} characters; "
+                              f"expected a config text of at most {MAX_CFG_CHARS}")
     try:
         tree = ast.parse(cfg_text)
     except SyntaxError as err:
         log.warning("meta['cfg'] is not Python (%s); ignoring it", err)
         return {}
+    except (RecursionError, MemoryError):  # CPython's parser gives up on very deep nesting this way
+        raise CheckpointError("meta['cfg'] nests too deeply to parse; the checkpoint is corrupt") from None
 
     def clean(value):
         if isinstance(value, dict):
@@ -187,7 +197,10 @@ def model_cfg_from_text(cfg_text: str) -> dict:
     for statement in tree.body:
         if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
                 and isinstance(statement.targets[0], ast.Name) and statement.targets[0].id == "model"):
-            value = _literal(statement.value)
+            try:
+                value = _literal(statement.value)
+            except RecursionError:
+                raise CheckpointError("meta['cfg'] nests too deeply to read; the checkpoint is corrupt") from None
             return clean(value) if isinstance(value, dict) else {}
     return {}
 
@@ -288,9 +301,15 @@ class MMSegCheckpoint:
 def read_mmseg_checkpoint(path: str | os.PathLike, *, post_norm: bool | None = None) -> MMSegCheckpoint:
     """Reads an mmseg checkpoint (``{"meta", "state_dict", ...}`` or a bare state dict)."""
     ckpt, state_dict = read_mmengine_checkpoint(path)
-    meta = dict(ckpt.get("meta") or {})
+    meta = ckpt.get("meta") or {}
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: its 'meta' is a {type(meta).__name__}, expected a dict")
+    meta = dict(meta)
     cfg_text = meta.get("cfg")
-    model_cfg = model_cfg_from_text(cfg_text) if isinstance(cfg_text, str) else {}
+    try:
+        model_cfg = model_cfg_from_text(cfg_text) if cfg_text is not None else {}
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     config = config_from_state_dict(state_dict, model_cfg, post_norm)
     variables, counters = variables_from_state_dict(state_dict, config)
     return MMSegCheckpoint(config, variables, counters, meta, dict(model_cfg.get("test_cfg", {})))
