@@ -102,7 +102,8 @@ def test_training_on_gcs_writes_checkpoints_logs_and_keeps_latest_and_best(refer
 
 def test_sigkill_then_resume_on_gcs_matches_uninterrupted_run(env, reference):
     workdir = epath.Path(f"gs://{BUCKET}/killed")
-    process = start_train(workdir, None, *GUARANTEE_OVERRIDES, DATA, env=env)
+    lease = "--config.workdir_lease_seconds=8"  # the killed run's lease blocks the resume this long
+    process = start_train(workdir, None, *GUARANTEE_OVERRIDES, DATA, lease, env=env)
     wait_for_path(workdir / "checkpoints" / "6" / "commit_success.txt", process, timeout=300)
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -112,12 +113,27 @@ def test_sigkill_then_resume_on_gcs_matches_uninterrupted_run(env, reference):
     # commit file (Orbax commits there by writing commit_success.txt, not by renaming).
     partial = workdir / "checkpoints" / str(killed_at + 2)
     (partial / "state" / "_METADATA").write_text("{}")
-    result = run_train(workdir, None, *GUARANTEE_OVERRIDES, DATA, env=env)
+    result = run_train(workdir, None, *GUARANTEE_OVERRIDES, DATA, lease, env=env)
     resumed = [line for line in result.stderr.splitlines() if "resuming from" in line or "loop.py" in line][:3]
     assert f"resuming from the checkpoint at step {killed_at}" in result.stderr, resumed
+    assert "taking over the lease" in result.stderr  # the SIGKILLed holder stopped refreshing it
     assert_same_final_state(workdir, reference, "top1")
     # The unfinished folder was ignored, then replaced by a real save (or deleted by retention since).
     assert not partial.exists() or (partial / "commit_success.txt").exists()
+
+
+def test_workdir_lease_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
+    from vheat_jax.train.workdir_lock import LEASE_FILE, WorkdirLock, WorkdirLockedError
+
+    workdir = epath.Path(f"gs://{BUCKET}/leased")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir, lease_s=2.0):  # alive: refreshes every 0.5 s
+        with pytest.raises(WorkdirLockedError, match="in use by another training run"):
+            WorkdirLock(workdir, lease_s=2.0).__enter__()
+    assert not (workdir / LEASE_FILE).exists()  # released on exit
+    (workdir / LEASE_FILE).write_text(json.dumps({"host": "gone", "pid": 1, "run": "dead", "heartbeat": 0}))
+    with WorkdirLock(workdir, lease_s=2.0):  # a holder that never refreshes: taken over after 2 s
+        assert json.loads((workdir / LEASE_FILE).read_text())["run"] != "dead"
 
 
 def test_workdir_in_a_missing_bucket_is_one_line_and_exit_2(env):

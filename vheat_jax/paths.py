@@ -9,7 +9,9 @@ path. Local paths are made absolute, as Orbax requires.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import time
 import uuid
 
 from etils import epath
@@ -72,3 +74,29 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
+
+
+READ_ATTEMPTS = 5
+READ_BACKOFF_S = 0.2
+"""An image read that fails with an I/O error is retried after 0.2, 0.4, 0.8, 1.6 s (a network store's
+transient error), then stops the run: silently dropping it would thin the data. Bytes that are read but do
+not decode are a different thing, a corrupt image, counted and replaced by the pipeline."""
+
+
+class DataReadError(OSError):
+    """A training or evaluation file could not be read, even after retries."""
+
+
+def read_with_retry(path, attempts: int = READ_ATTEMPTS, backoff_s: float = READ_BACKOFF_S) -> bytes:
+    """The bytes of ``path``, retried with exponential backoff on I/O errors; :class:`DataReadError` at the end."""
+    for attempt in range(attempts):
+        try:
+            return as_path(path).read_bytes()
+        except OSError as err:
+            if attempt == attempts - 1:
+                raise DataReadError(f"could not read {path} after {attempts} attempts ({type(err).__name__}: "
+                                    f"{err}); check the data directory (a file listed at start-up is gone or "
+                                    "unreadable), then run the same command to resume") from None
+            logging.warning("reading %s failed (%s); retrying in %.1f s", path, err, backoff_s * 2**attempt)
+            time.sleep(backoff_s * 2**attempt)
+    raise DataReadError(f"could not read {path}: no attempts made")  # attempts < 1

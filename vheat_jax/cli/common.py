@@ -5,7 +5,8 @@
   every library's flags).
 * A user's mistake (a config path that does not exist, a misspelled or renamed
   override, a bad value, a missing checkpoint or data folder) is one line on stderr,
-  ``<script>: error: ...``, and exit status 2; a diverged run is one line and status 1.
+  ``<script>: error: ...``, and exit status 2; a run that stopped on its own (diverged, a failed
+  checkpoint save, data that cannot be read after retries) is one line and status 1.
   Programming errors keep their traceback.
 * Logs: orbax's and grain's INFO internals and JAX's "Unable to initialize backend"
   lines (and gcsfs's) are dropped unless ``--verbosity=1`` (``-v 1``) or higher.
@@ -24,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vheat_jax.arch import ArchitectureMismatchError
-from vheat_jax.paths import UnsupportedPathError
+from vheat_jax.paths import DataReadError, UnsupportedPathError
 from vheat_jax.torch_io import CheckpointError
 from vheat_jax.train.config import RENAMED_FIELDS, ConfigError, check_renamed_fields
 
@@ -48,8 +49,16 @@ def fail(message: str, status: int = 2) -> None:
 
 
 def _drop_library_chatter(record: std_logging.LogRecord) -> bool:
-    """Keeps warnings and errors, drops the INFO lines of the chatty libraries (they log through absl too)."""
-    return record.levelno >= std_logging.WARNING or not any(lib in record.pathname for lib in _CHATTY_LIBRARIES)
+    """Keeps warnings and errors, drops the INFO lines of the chatty libraries (they log through absl too).
+
+    Their errors keep their message but lose the traceback: a failed background save
+    logs one from each of Orbax's threads, and the run reports the failure itself in one line.
+    """
+    if not any(lib in record.pathname for lib in _CHATTY_LIBRARIES):
+        return True
+    if record.levelno >= std_logging.ERROR and record.exc_info:
+        record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def quiet_library_logs() -> None:
@@ -207,13 +216,17 @@ def run(main: Callable[[list[str]], None], *, doc: str, module_name: str, config
         runtime.reexec_with_huge_pages()  # faster XLA:CPU steps; see vheat_jax/runtime.py
 
     def guarded_main(remaining: list[str]) -> None:
+        from vheat_jax.train.checkpointing import CheckpointWriteError
         from vheat_jax.train.loop import TrainingDivergedError
+        from vheat_jax.train.workdir_lock import WorkdirLockedError
 
         quiet_library_logs()
         try:
             main(remaining)
-        except TrainingDivergedError as err:
+        except (TrainingDivergedError, CheckpointWriteError, DataReadError) as err:  # the run stopped; resumable
             fail(str(err), status=1)
+        except WorkdirLockedError as err:
+            fail(str(err))
         except USER_ERRORS as err:
             fail(str(err))
         except app.UsageError as err:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vheat_jax.paths import as_path
+from vheat_jax.paths import as_path, read_with_retry
 from vheat_jax.train.config import ConfigError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
-
 
 class ImageFolderSource:
     """ImageNet-style folder ``root/<split>/<class>/*.{JPEG,jpg,jpeg,png}``.
@@ -55,11 +54,7 @@ class ImageFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.root / self.split / self.files[index]
-        try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""  # unreadable file -> treated as corrupt by the transform
-        return {"image": data, "label": self.labels[index], "name": str(path)}
+        return {"image": read_with_retry(path), "label": self.labels[index], "name": str(path)}
 
     def __repr__(self) -> str:
         return f"ImageFolderSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import json
 import math
 import warnings
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from vheat_jax.det import preprocess
+from vheat_jax.paths import read_with_retry
 
 
 @dataclasses.dataclass
@@ -91,7 +93,8 @@ class CocoSource:
 
     def load_image(self, index: int) -> np.ndarray:
         """uint8 BGR (H, W, 3), as mmdetection's ``LoadImageFromFile``."""
-        with Image.open(self.records[index].file) as image:
+        data = read_with_retry(self.records[index].file)  # I/O errors retried, then a clear stop
+        with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))[:, :, ::-1].copy()
 
     def load_masks(self, index: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vheat_jax.paths import is_remote
+from vheat_jax.paths import is_remote, read_with_retry
 from vheat_jax.train.config import ConfigError
 
 ADE20K_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
@@ -47,10 +47,7 @@ class ADE20KFolderSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.pairs[index]
-        try:
-            return {"image": image.read_bytes(), "label": label.read_bytes(), "name": str(image)}
-        except OSError:
-            return {"image": b"", "label": b"", "name": str(image)}  # reported as undecodable downstream
+        return {"image": read_with_retry(image), "label": read_with_retry(label), "name": str(image)}
 
 
 class TfdsSegSource:

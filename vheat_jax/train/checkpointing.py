@@ -16,20 +16,130 @@ previous checkpoints intact; leftover temporary directories are ignored by
 Retention: the latest ``keep`` checkpoints, plus the one with the best value of the
 task's metric (EMA top-1, mIoU, box mAP) among those saved with evaluation metrics.
 
+Verification: each checkpoint also holds ``fingerprint``, a JSON list with one
+32-bit fingerprint per state array (:func:`state_fingerprint`, computed on device
+under ``jit``, so it works on sharded state without gathering it). A restore
+recomputes it; a flipped byte or a truncated file shows up as a mismatch or as a
+failed read. :meth:`Checkpointer.restore_newest` then falls back to the newest
+checkpoint that restores and verifies, says which it skipped and why, and moves
+the skipped ones to ``workdir/unrestorable_checkpoints/`` (kept for inspection,
+out of the way of the steps the run will save again). If none restores, nothing
+is moved and the run stops with one line: that is what a changed model config
+looks like, not corruption.
+
+Failed saves: an asynchronous save that fails (a full disk, a revoked bucket)
+is noticed at the next step (:meth:`Checkpointer.check_for_errors`) and stops the
+run with :class:`CheckpointWriteError`, one line; the previous checkpoints stay.
+
 :func:`restore_latest` is the one way evaluators read "the latest state of a workdir".
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import sys
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from vheat_jax.paths import as_path
+from vheat_jax.torch_io import CheckpointError
+
+UNRESTORABLE_DIR = "unrestorable_checkpoints"
+
+_RESTORE_ERRORS = (CheckpointError, ValueError, OSError, KeyError, TypeError, IndexError)
+"""What Orbax, tensorstore and grain raise for a checkpoint whose files are truncated, corrupt or missing."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """An asynchronous checkpoint save failed; the run stops with the previous checkpoints intact."""
+
+
+@jax.jit
+def state_fingerprint(state: Any) -> list[jax.Array]:
+    """One uint32 per array: ``sum_i word_i * (2 i + 1) mod 2^32`` over the array's bits.
+
+    The weights are odd, hence invertible mod 2^32, so changing any single 32-bit word
+    always changes the sum; several changes cancel with probability about 2^-32. It is a
+    corruption check, not a cryptographic hash (a deliberate edit can be made to match).
+    """
+    def words(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if leaf.dtype.itemsize == 4:
+            return jax.lax.bitcast_convert_type(leaf, jnp.uint32)
+        if leaf.dtype.itemsize == 2:
+            return jax.lax.bitcast_convert_type(leaf, jnp.uint16).astype(jnp.uint32)
+        return leaf.astype(jnp.uint32)  # bool, int8
+
+    def fingerprint(leaf):
+        flat = words(leaf).reshape(-1)
+        weights = jnp.arange(flat.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+        return jnp.sum(flat * weights, dtype=jnp.uint32)
+
+    return [fingerprint(leaf) for leaf in jax.tree.leaves(state)]
+
+
+def _fingerprint_list(state: Any) -> list[int]:
+    return [int(value) for value in jax.device_get(state_fingerprint(state))]
+
+
+def verify_fingerprint(state: Any, saved: Any, where: str) -> None:
+    """Refuses a restored ``state`` whose arrays differ from what was saved.
+
+    Compared as multisets: a state restored without a target comes back as nested
+    dicts, whose leaves are in another order than the saved train state's.
+    """
+    if saved is None:
+        logging.warning("%s has no fingerprint (saved by an earlier vheat-jax); not verified", where)
+        return
+    found = _fingerprint_list(state)
+    expected = saved.get("leaves") if isinstance(saved, dict) else None
+    if not isinstance(expected, list) or sorted(expected) != sorted(found):
+        known = set(expected or [])
+        paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+        wrong = [path for path, value in zip(paths, found) if value not in known] or ["(the number of arrays)"]
+        raise CheckpointError(f"{where}: {len(wrong)} restored array(s) differ from what was saved "
+                              f"({', '.join(wrong[:4])}); its files are corrupt")
+
+
+_AFTERMATH_MESSAGES = (
+    (RuntimeError, "Event loop is closed"),
+    (ImportError, "sys.meta_path is None, Python is likely shutting down"),
+)
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Silences two known harmless messages. After a failed restore or save, tensorstore futures still pending
+    complete into Orbax's already-closed asyncio loop, and each reports ``RuntimeError: Event loop is closed``;
+    the coroutines of a failed save that never ran are collected at interpreter exit, each reporting
+    ``sys.meta_path is None``. Both come through ``sys.unraisablehook``, hundreds of tracebacks per failure,
+    after the failure itself has been reported. Everything else still reaches the hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable) -> None:
+        for kind, message in _AFTERMATH_MESSAGES:
+            if isinstance(unraisable.exc_value, kind) and str(unraisable.exc_value) == message:
+                return
+        previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 # Orbax warns at every save without metrics when best-checkpoint tracking is on;
 # saves between evaluations have none by design.
@@ -66,7 +176,10 @@ class Checkpointer:
             create=True,
         )
         logging.getLogger("absl").addFilter(_drop_save_without_metrics_warning)  # orbax logs through absl
-        self._manager = ocp.CheckpointManager(as_path(directory), item_names=("state", "data"), options=options)
+        _drop_closed_loop_callbacks()
+        self.directory = as_path(directory)
+        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "data", "fingerprint"),
+                                              options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -87,31 +200,95 @@ class Checkpointer:
         JSON bytes (with ``set_state(bytes)`` and ``start_prefetch()``): grain's handler
         stores either as one JSON file per process.
         """
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
-            ),
-            metrics=metrics,
-            force=True,
+        self.check_for_errors()
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            fingerprint=ocp.args.JsonSave({"leaves": _fingerprint_list(state)}),
         )
+        try:  # save() first waits for the previous save, and re-raises its failure
+            self._manager.save(step, args=args, metrics=metrics, force=True)
+        except Exception as err:  # noqa: BLE001 - a write failure, whichever layer raised it
+            raise CheckpointWriteError(_write_failure(err, self.directory)) from None
+
+    def check_for_errors(self) -> None:
+        """Raises :class:`CheckpointWriteError` if a background save has failed (call it every step: it is cheap)."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as err:  # noqa: BLE001 - whatever the writer thread raised, re-raised here
+            raise CheckpointWriteError(_write_failure(err, self.directory)) from None
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-        """The state at ``step`` (with the shardings of ``abstract_state``); moves ``data_iterator`` there."""
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
-        )
+        """The verified state at ``step`` (with the shardings of ``abstract_state``); moves ``data_iterator`` there."""
+        has_fingerprint = (self.directory / str(step) / "fingerprint").exists()
+        items = {"state": ocp.args.StandardRestore(abstract_state),
+                 "data": grain.checkpoint.CheckpointRestore(data_iterator)}
+        if has_fingerprint:
+            items["fingerprint"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        verify_fingerprint(restored.state, restored.fingerprint if has_fingerprint else None,
+                           f"checkpoint {self.directory / str(step)}")
         return restored.state
+
+    def restore_newest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
+        """``(step, state)`` of the newest checkpoint that restores and verifies; None if there are none.
+
+        Newer checkpoints that fail are named in a warning and moved aside once an
+        older one has restored; if none restores, :class:`CheckpointError` lists why.
+        """
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+            except _RESTORE_ERRORS as err:
+                failures.append((step, _first_line(err)))
+                logging.warning("the checkpoint at step %d (%s) does not restore: %s; trying the one before",
+                                step, self.directory / str(step), _first_line(err))
+                continue
+            if failures:
+                self._set_aside([failed for failed, _ in failures])
+            return step, state
+        if failures:
+            listing = "; ".join(f"step {step}: {why}" for step, why in failures[:3])
+            raise CheckpointError(f"none of the {len(failures)} checkpoints in {self.directory} restores ({listing}). "
+                                  "If the config changed since they were saved (model, optimizer, batch layout), "
+                                  "use a new --workdir; otherwise they are corrupt")
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unrestorable checkpoints out of the manager's directory (process 0; the others wait)."""
+        aside = self.directory.parent / UNRESTORABLE_DIR
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                (self.directory / str(step)).rename(aside / f"{step}-{np.random.default_rng().integers(1 << 30)}")
+                logging.warning("moved the checkpoint at step %d to %s", step, aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("vheat_jax: unrestorable checkpoints moved aside")
+        self._manager.reload()
 
     def close(self) -> None:
         """Waits for pending saves to be committed, then releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - the failed save's error, once, as one line
+            raise CheckpointWriteError(_write_failure(err, self.directory)) from None
+        finally:
+            self._manager.close()
+
+
+def _write_failure(err: BaseException, directory) -> str:
+    """One line for a failed save, naming a full disk as such."""
+    chain, cause = [], err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    no_space = any(getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) for e in chain)
+    if no_space:
+        return (f"saving a checkpoint in {directory} failed: no space left on the device (ENOSPC); free space "
+                "or use a --workdir with room, then run the same command again to resume from the last checkpoint")
+    return (f"saving a checkpoint in {directory} failed ({_first_line(err)}); run the same command again to "
+            "resume from the last checkpoint")
 
 
 def restore_latest(workdir: str | os.PathLike, abstract_state: Any = None) -> tuple[int, Any]:
@@ -122,9 +299,19 @@ def restore_latest(workdir: str | os.PathLike, abstract_state: Any = None) -> tu
     directory = as_path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"{workdir} is not a training workdir (no checkpoints/ in it)")
-    with ocp.CheckpointManager(directory, item_names=("state",)) as manager:
+    with ocp.CheckpointManager(directory, item_names=("state", "fingerprint")) as manager:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        has_fingerprint = (directory / str(step) / "fingerprint").exists()
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if has_fingerprint:
+            items["fingerprint"] = ocp.args.JsonRestore()
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except _RESTORE_ERRORS as err:
+            raise CheckpointError(f"the checkpoint {directory / str(step)} does not restore "
+                                  f"({_first_line(err)})") from None
+    verify_fingerprint(restored.state, restored.fingerprint if has_fingerprint else None,
+                       f"checkpoint {directory / str(step)}")
     return step, restored.state

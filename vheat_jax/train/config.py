@@ -78,6 +78,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3  # the latest K; the best by the task's metric is kept as well
+    config.workdir_lease_seconds = 60.0  # gs:// workdirs: how long a dead run's lease blocks a restart (local: none)
 
     # --- Fine-tuning source (what each task accepts: its module's docstring) ---
     config.init_from = ""

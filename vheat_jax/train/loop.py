@@ -47,6 +47,7 @@ from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
 from vheat_jax.train.config import ConfigError, check_renamed_fields
 from vheat_jax.train.preemption import PreemptionWatcher
+from vheat_jax.train.workdir_lock import WorkdirLock
 
 TASKS = {
     "classification": "vheat_jax.train.classification:ClassificationTask",
@@ -200,6 +201,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     with contextlib.ExitStack() as teardown:  # closes in reverse order, whatever raised
         watcher = PreemptionWatcher(multiprocess)  # before any set-up: no signal is lost
         teardown.callback(watcher.close)
+        teardown.enter_context(WorkdirLock(workdir, config.workdir_lease_seconds))  # one run per workdir
         mesh = sharding.make_mesh()
         if is_process0:
             logging.info("preparing data and model (%s) on %d devices...", config.get("task", "classification"),
@@ -216,10 +218,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
         writer = metrics_lib.MetricWriter(workdir, enabled=is_process0)
         teardown.callback(writer.close)
 
-        latest = checkpointer.latest_step()
-        if latest is not None:
-            logging.info("resuming from the checkpoint at step %d in %s", latest, workdir / "checkpoints")
-            state = checkpointer.restore(latest, with_shardings(task.abstract_state, shardings), train_iter)
+        resumed = checkpointer.restore_newest(with_shardings(task.abstract_state, shardings), train_iter)
+        if resumed is not None:
+            logging.info("resuming from the checkpoint at step %d in %s", resumed[0], workdir / "checkpoints")
+            state = resumed[1]
         else:
             if config.init_from:
                 logging.info("initializing from %s%s", config.init_from,
@@ -278,6 +280,7 @@ def _train(task, config, state, step, best, train_step, train_iter, checkpointer
         if pending is not None:
             record(*pending)
         pending = (step, micro_step_metrics)
+        checkpointer.check_for_errors()  # a failed background save stops the run now, not at the next save
 
         preempted = watcher.should_stop(step)
         eval_due = (step % run.eval_every_steps == 0 or step == run.total_steps) and not preempted
