@@ -76,10 +76,11 @@ def start(bucket: str) -> tuple[emulator_server.Server, str]:
 
 
 def client_env(url: str) -> dict[str, str]:
-    """Environment that points tensorstore, gcsfs and google-cloud-storage at the server."""
+    """Environment that points tensorstore, gcsfs, google-cloud-storage and array_record at the server."""
     return {
         "STORAGE_EMULATOR_HOST": url,
         "TENSORSTORE_GCS_HTTP_URL": url,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,  # google-cloud-cpp, inside array_record (TFDS data on gs://)
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         "GOOGLE_CLOUD_PROJECT": "test-project",

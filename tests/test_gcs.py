@@ -122,6 +122,43 @@ def test_sigkill_then_resume_on_gcs_matches_uninterrupted_run(env, reference):
     assert not partial.exists() or (partial / "commit_success.txt").exists()
 
 
+def _tiny_tfds_on_gcs(image_folder, local_dir) -> str:
+    """The test image folder as a TFDS array_record data set (built locally, no TensorFlow), uploaded to gs://."""
+    import tensorflow_datasets as tfds
+
+    class VheatGcsImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(encoding_format="png"), "label": tfds.features.ClassLabel(num_classes=4)}))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in ("train", "val")}
+
+        def _generate_examples(self, split):
+            for path in sorted((image_folder / split).rglob("*.png")):
+                yield f"{path.parent.name}/{path.name}", {"image": str(path), "label": int(path.parent.name[-1])}
+
+    VheatGcsImages(data_dir=str(local_dir), file_format="array_record").download_and_prepare()
+    remote = epath.Path(f"gs://{BUCKET}/tfds")
+    for path in local_dir.rglob("*"):
+        if path.is_file():
+            (remote / path.relative_to(local_dir).as_posix()).write_bytes(path.read_bytes())
+    return "vheat_gcs_images"
+
+
+def test_training_reads_a_tfds_array_record_dataset_from_gcs(env, image_folder, tmp_path):
+    name = _tiny_tfds_on_gcs(image_folder, tmp_path / "tfds")
+    workdir = epath.Path(f"gs://{BUCKET}/tfds_run")
+    result = run_train(workdir, None, "--config.dataset=tfds", f"--config.tfds_name={name}",
+                       f"--config.data_dir=gs://{BUCKET}/tfds", "--config.num_steps=4", env=env)
+    assert checkpoint_steps(workdir)[-1] == 4
+    evals = [row for row in read_metrics(workdir) if "eval/num_examples" in row]
+    assert evals and evals[-1]["eval/num_examples"] == 12  # the val split: 4 classes x 3, read from gs://
+    assert "resuming" not in result.stderr
+
+
 def test_workdir_lease_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
     from vheat_jax.train.workdir_lock import LEASE_FILE, WorkdirLock, WorkdirLockedError
 
