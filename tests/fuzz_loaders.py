@@ -129,11 +129,11 @@ def regression_corpus() -> dict[str, bytes]:
         # one 4 MiB storage under 32 distinct full-size views (128 MiB materialised)
         "shared_storage_x32": archive(state_dict_pickle(
             {f"t{i}": tensor_pickle("0", 1 << 20, (1 << 20,), (1,)) for i in range(32)}), {"0": zeros(4 << 20)}),
-        # a deflated 64 MiB storage (a 64 KB file)
+        # a deflated 16 MiB storage (a 16 KB file); refused for being compressed, whatever it inflates to
         "deflate_bomb": archive(state_dict_pickle({"w": tensor_pickle("0", 16, (16,), (1,))}),
-                                {"0": zeros(64 << 20)}, {"data/0": zipfile.ZIP_DEFLATED}),
-        # a bzip2-compressed data.pkl that inflates to 256 MiB
-        "bzip2_pickle": archive([b"\x80\x02C\xff", *zeros(256 << 20), b"."], compression={
+                                {"0": zeros(16 << 20)}, {"data/0": zipfile.ZIP_DEFLATED}),
+        # a bzip2-compressed data.pkl that inflates to 16 MiB
+        "bzip2_pickle": archive([b"\x80\x02C\xff", *zeros(16 << 20), b"."], compression={
             "data.pkl": zipfile.ZIP_BZIP2}),
         # memo index 2^27 in a 20-byte pickle (the C unpickler sizes its memo table by it)
         "memo_index_2^27": archive(b"\x80\x02]r" + struct.pack("<I", 1 << 27) + b"."),

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.util
 import logging as std_logging
 import os
@@ -229,6 +230,12 @@ def run(main: Callable[[list[str]], None], *, doc: str, module_name: str, config
             fail(str(err))
         except USER_ERRORS as err:
             fail(str(err))
+        except OSError as err:  # a full disk wherever it hits first: metrics, TensorBoard, an export
+            if err.errno != errno.ENOSPC:
+                raise
+            fail(f"no space left on the device (ENOSPC) writing {err.filename or 'to the workdir'}; free space or "
+                 "use a --workdir with room, then run the same command again to resume from the last checkpoint",
+                 status=1)
         except app.UsageError as err:
             fail(str(err))
         except KeyboardInterrupt:
