@@ -164,9 +164,9 @@ def test_workdir_lease_refuses_a_live_holder_and_takes_over_a_dead_one(gcs):
 
     workdir = epath.Path(f"gs://{BUCKET}/leased")
     workdir.mkdir(parents=True, exist_ok=True)
-    with WorkdirLock(workdir, lease_s=2.0):  # alive: refreshes every 0.5 s
+    with WorkdirLock(workdir, lease_s=8.0):  # alive: refreshes every 2 s (room for a loaded CI machine)
         with pytest.raises(WorkdirLockedError, match="in use by another training run"):
-            WorkdirLock(workdir, lease_s=2.0).__enter__()
+            WorkdirLock(workdir, lease_s=8.0).__enter__()
     assert not (workdir / LEASE_FILE).exists()  # released on exit
     (workdir / LEASE_FILE).write_text(json.dumps({"host": "gone", "pid": 1, "run": "dead", "heartbeat": 0}))
     with WorkdirLock(workdir, lease_s=2.0):  # a holder that never refreshes: taken over after 2 s

@@ -108,7 +108,7 @@ class _Lease:
 
         Judged by whether the lease changes, not by its timestamp, so clocks of other hosts do not matter.
         """
-        logging.warning("%s is held by %s; watching it for up to %.0f s (a live run refreshes it every %.0f s)",
+        logging.warning("%s is held by %s; watching it for up to %.0f s (a live run refreshes it every %.1f s)",
                         self._path, _describe(holder), self._lease_s, self._heartbeat_s)
         deadline = time.monotonic() + self._lease_s
         while time.monotonic() < deadline:
