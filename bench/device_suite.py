@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vit_baseline import ViT  # noqa: E402
 
 from vheat_jax import create_model  # noqa: E402
-from vheat_jax.benchmark import compiled_memory, device_peak_memory, live_bytes  # noqa: E402
+from vheat_jax.benchmark import live_bytes, time_jitted  # noqa: E402
 from vheat_jax.heat import HCO_FORMS, heat_diffuse  # noqa: E402
 from vheat_jax.ops import depthwise_conv3x3  # noqa: E402
 
@@ -61,24 +60,11 @@ MODES = {
 }
 
 
-def timed(fn, *args, iters: int, warmup: int = 2) -> dict:
-    """Compile ``fn`` for ``args``, warm up, time ``iters`` calls run to completion."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    memory = compiled_memory(compiled) or {}
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost  # older jax: one dict per program
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": iters,
-            "compile_s": compile_s, "compiled_bytes": live_bytes(memory) if memory else None,
-            "flops": float(cost.get("flops", 0.0)) if cost else None}
+def timed(fn, *args, iters: int) -> dict:
+    """``time_jitted`` with the compiled memory as one number (arguments + outputs + temporaries)."""
+    result = time_jitted(fn, *args, warmup=2, iters=iters)
+    memory = result.pop("compiled_memory")
+    return {**result, "compiled_bytes": live_bytes(memory) if memory else None}
 
 
 def matmul_peak(n: int, iters: int) -> list[dict]:
@@ -118,8 +104,7 @@ def high_resolution(setup: dict) -> list[dict]:
             images = jnp.ones((batch, size, size, 3), jnp.float32)
             params = jax.jit(model.init)(jax.random.key(0), images[:1])
             result = timed(lambda p, x, m=model: m.apply(p, x), params, images, iters=setup["iters"])
-            rows.append({"model": name, "size": size, "batch": batch, "latency_s": result["median_s"],
-                         "device_peak_bytes": device_peak_memory(), **result})
+            rows.append({"model": name, "size": size, "batch": batch, "latency_s": result["median_s"], **result})
     return rows
 
 
@@ -146,8 +131,7 @@ def train_step(setup: dict, bf16_tflops: float) -> list[dict]:
     result = timed(step, params, opt_state, images, labels, iters=setup["iters"])
     mfu = result["flops"] / result["median_s"] / (bf16_tflops * 1e12) if result["flops"] else None
     return [{"model": "vheat_tiny", "dtype": jnp.dtype(dtype).name, "batch": batch, "size": size,
-             "img_s": batch / result["median_s"], "mfu_vs_measured_bf16_peak": mfu,
-             "device_peak_bytes": device_peak_memory(), **result}]
+             "img_s": batch / result["median_s"], "mfu_vs_measured_bf16_peak": mfu, **result}]
 
 
 def hco_forms(setup: dict) -> list[dict]:

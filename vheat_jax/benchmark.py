@@ -41,7 +41,7 @@ def device_peak_memory() -> int | None:
 
 
 def time_jitted(fn: Callable, *args: Any, warmup: int = 3, iters: int = 10) -> dict[str, Any]:
-    """Compiles ``jax.jit(fn)`` for ``args`` and times it; returns seconds and memory."""
+    """Compiles ``jax.jit(fn)`` for ``args`` and times it; returns seconds, memory and XLA's flop count."""
     jitted = jax.jit(fn)
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
@@ -53,11 +53,15 @@ def time_jitted(fn: Callable, *args: Any, warmup: int = 3, iters: int = 10) -> d
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
     return {
         "compile_s": compile_s,
         "median_s": statistics.median(times),
         "min_s": min(times),
+        "max_s": max(times),
         "iters": iters,
+        "flops": float(cost["flops"]) if cost and "flops" in cost else None,
         "compiled_memory": compiled_memory(compiled),
         "device_peak_bytes": device_peak_memory(),
     }
