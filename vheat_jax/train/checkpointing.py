@@ -238,15 +238,9 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
         """The verified state at ``step`` (with the shardings of ``abstract_state``); moves ``data_iterator`` there."""
-        has_fingerprint = (self.directory / str(step) / "fingerprint").exists()
-        items = {"state": ocp.args.StandardRestore(abstract_state),
-                 "data": grain.checkpoint.CheckpointRestore(data_iterator)}
-        if has_fingerprint:
-            items["fingerprint"] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        verify_fingerprint(restored.state, restored.fingerprint if has_fingerprint else None,
-                           f"checkpoint {self.directory / str(step)}")
-        return restored.state
+        return _restore_verified(self._manager, self.directory, step, {
+            "state": ocp.args.StandardRestore(abstract_state),
+            "data": grain.checkpoint.CheckpointRestore(data_iterator)})
 
     def restore_newest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
         """``(step, state)`` of the newest checkpoint that restores and verifies; None if there are none.
@@ -321,15 +315,20 @@ def restore_latest(workdir: str | os.PathLike, abstract_state: Any = None) -> tu
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint")
-        has_fingerprint = (directory / str(step) / "fingerprint").exists()
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if has_fingerprint:
-            items["fingerprint"] = ocp.args.JsonRestore()
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            state = _restore_verified(manager, directory, step, {"state": ocp.args.StandardRestore(abstract_state)})
         except _RESTORE_ERRORS as err:
             raise CheckpointError(f"the checkpoint {directory / str(step)} does not restore "
                                   f"({_first_line(err)})") from None
+    return step, state
+
+
+def _restore_verified(manager, directory, step: int, items: dict) -> Any:
+    """Restores ``items`` of ``step`` and the step's fingerprint, if it has one; returns the verified state."""
+    has_fingerprint = (directory / str(step) / "fingerprint").exists()
+    if has_fingerprint:
+        items = {**items, "fingerprint": ocp.args.JsonRestore()}
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
     verify_fingerprint(restored.state, restored.fingerprint if has_fingerprint else None,
                        f"checkpoint {directory / str(step)}")
-    return step, restored.state
+    return restored.state
