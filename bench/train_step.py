@@ -22,7 +22,22 @@ import numpy as np
 from vheat_jax import runtime
 from vheat_jax.train import optim, sharding
 from vheat_jax.train.config import default_config
-from vheat_jax.train.classification import StateFactory, build_model, jit_train_step
+from vheat_jax.train.classification import StateFactory, build_model, jit_train_step, train_batch_spec
+
+
+def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A training batch as the loader yields it (uint8 images; every row erased and mixed, the costliest case)."""
+    s = config.image_size
+    fill = {
+        "label": lambda shape: np.full(shape, 1.0 / config.num_classes, np.float32),
+        "valid": lambda shape: np.ones(shape, np.float32),
+        "erase_box": lambda shape: np.tile(np.array([s // 4, s // 4, s // 2, s // 2], np.int32), (shape[0], 1)),
+        "erase_seed": lambda shape: np.arange(shape[0], dtype=np.uint32),
+        "mix_weight": lambda shape: np.full(shape, 0.5, np.float32),
+        "mix_box": lambda shape: np.zeros(shape, np.int32),
+    }
+    return {name: rng.integers(0, 256, shape, np.uint8) if name == "image" else fill[name](shape)
+            for name, (shape, _) in train_batch_spec(config, batch_size).items()}
 
 
 def build_step(model_name: str, image_size: int, batch_size: int, *, dtype: str = "float32", remat: bool = False,
@@ -42,14 +57,7 @@ def build_step(model_name: str, image_size: int, batch_size: int, *, dtype: str 
     factory = StateFactory(model, tx, mesh, config)
     step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
     rng = np.random.default_rng(0)
-    batch = sharding.global_batch(
-        {
-            "image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
-            "label": np.full((batch_size, config.num_classes), 1.0 / config.num_classes, np.float32),
-            "valid": np.ones(batch_size, np.float32),
-        },
-        mesh,
-    )
+    batch = sharding.global_batch(synthetic_batch(config, batch_size, rng), mesh)
     return model, step, factory.fresh(), batch
 
 

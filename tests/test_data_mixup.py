@@ -1,9 +1,17 @@
-"""timm-style Mixup/CutMix (batch mode) + label smoothing."""
+"""timm-style Mixup/CutMix (batch mode) + label smoothing: the host's draw and targets, the device's pixels.
 
+The pixel reference is timm's ``_mix_batch`` written out here on the original row
+order (partner of row i is row B-1-i); the pipeline interleaves rows so partners
+are adjacent and ``on_device.mix`` must give the same pixels.
+"""
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vheat_jax.data.mixup import Mixup, mixup_target, smooth_one_hot
+from vheat_jax.data import on_device
+from vheat_jax.data.mixup import BatchMix, Mixup, mixup_target, smooth_one_hot
+from vheat_jax.data.pipeline import interleave_partners
 
 K = 10
 
@@ -12,28 +20,51 @@ def _batch(rng, b=8, s=16):
     return (rng.standard_normal((b, s, s, 3)).astype(np.float32), rng.integers(0, K, b))
 
 
-def test_targets_sum_to_one_and_structure():
+def _timm_pixels(x, mix: BatchMix):
+    """timm ``Mixup._mix_batch`` on the original row order."""
+    if mix.lam == 1.0:
+        return x
+    if mix.cutmix:
+        yl, yh, xl, xh = mix.box
+        out = x.copy()
+        out[:, yl:yh, xl:xh, :] = x[::-1, yl:yh, xl:xh, :]
+        return out
+    return x * np.float32(mix.lam) + x[::-1] * np.float32(1.0 - mix.lam)
+
+
+def _device_pixels(x, mix: BatchMix):
+    """What the pipeline ships (interleaved rows + per-row draw) mixed by ``on_device.mix``, rows put back."""
+    order = interleave_partners(x.shape[0])
+    weight = np.full(x.shape[0], mix.pixel_weight(), np.float32)
+    box = np.tile(np.asarray(mix.box, np.int32), (x.shape[0], 1))
+    mixed = np.asarray(on_device.mix(jnp.asarray(x[order]), jnp.asarray(weight), jnp.asarray(box)))
+    return mixed[np.argsort(order)]
+
+
+def test_interleave_puts_partners_next_to_each_other():
+    order = interleave_partners(8)
+    np.testing.assert_array_equal(order, [0, 7, 1, 6, 2, 5, 3, 4])
+    assert all(order[2 * i] + order[2 * i + 1] == 7 for i in range(4))
+
+
+def test_targets_and_device_pixels_follow_timm():
     mix = Mixup(0.8, 1.0, 1.0, 0.5, 0.1, K)
     rng = np.random.default_rng(0)
-    for _ in range(50):
+    kinds = set()
+    for _ in range(40):
         x, y = _batch(rng)
-        xm, t, info = mix(x, y, rng)
-        assert xm.shape == x.shape and xm.dtype == np.float32
+        t, draw = mix(y, x.shape[1:3], rng)
+        kinds.add(draw.cutmix)
         assert t.shape == (8, K) and t.dtype == np.float32
         np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-6)
-        lam = info["lam"]
         np.testing.assert_allclose(
-            t, lam * smooth_one_hot(y, K, 0.1) + (1 - lam) * smooth_one_hot(y[::-1], K, 0.1), atol=1e-6
+            t, draw.lam * smooth_one_hot(y, K, 0.1) + (1 - draw.lam) * smooth_one_hot(y[::-1], K, 0.1), atol=1e-6
         )
-        if info["cutmix"]:
-            # every pixel comes either from the sample or from its flipped partner
-            same = np.all(xm == x, axis=-1)
-            flip = np.all(xm == x[::-1], axis=-1)
-            assert np.all(same | flip)
-            # lam was corrected to the box area (fraction of pixels kept)
-            assert np.mean(same[0]) == pytest.approx(lam, abs=1e-6) or np.allclose(x[0], x[-1])
-        else:
-            np.testing.assert_allclose(xm, lam * x + (1 - lam) * x[::-1], atol=1e-5)
+        np.testing.assert_allclose(_device_pixels(x, draw), _timm_pixels(x, draw), atol=1e-6)
+        if draw.cutmix:  # lam was corrected to the box area (fraction of pixels kept)
+            yl, yh, xl, xh = draw.box
+            assert draw.lam == pytest.approx(1 - (yh - yl) * (xh - xl) / 256, abs=1e-9)
+    assert kinds == {True, False}
 
 
 def test_switch_fraction_and_lambda_distributions():
@@ -53,11 +84,11 @@ def test_switch_fraction_and_lambda_distributions():
     assert abs(lm.mean() - 0.5) < 0.02 and abs(lc.mean() - 0.5) < 0.02
     assert abs(lm.var() - 1 / (4 * (2 * 0.8 + 1))) < 0.006
     assert abs(lc.var() - 1 / 12) < 0.006
-    # The same statistics through the batch call (mixup lam is uncorrected).
-    x, y = _batch(np.random.default_rng(0), b=2, s=8)
-    infos = [mix(x, y, rng)[2] for _ in range(3000)]
-    cut2 = np.array([i["cutmix"] for i in infos])
-    lam2 = np.array([i["lam"] for i in infos])[~cut2]
+    # The same statistics through the batch draw (mixup lam is uncorrected).
+    y = np.arange(2)
+    infos = [mix(y, (8, 8), rng)[1] for _ in range(3000)]
+    cut2 = np.array([i.cutmix for i in infos])
+    lam2 = np.array([i.lam for i in infos])[~cut2]
     assert abs(cut2.mean() - 0.5) < 0.04
     assert abs(lam2.var() - 0.0962) < 0.009
 
@@ -66,25 +97,24 @@ def test_only_label_smoothing_when_disabled():
     mix = Mixup(0.0, 0.0, 1.0, 0.5, 0.1, K)
     assert not mix.active
     rng = np.random.default_rng(0)
-    x, y = _batch(rng, b=5)  # odd batch is fine without mixing
-    xm, t, info = mix(x, y, rng)
-    assert xm is x and info["lam"] == 1.0
+    y = rng.integers(0, K, 5)  # odd batch is fine without mixing
+    t, draw = mix(y, (16, 16), rng)
+    assert draw == BatchMix()
     on, off = 1 - 0.1 + 0.1 / K, 0.1 / K
     expected = np.full((5, K), off, np.float32)
     expected[np.arange(5), y] = on
     np.testing.assert_allclose(t, expected, atol=1e-7)
-    np.testing.assert_allclose(t.sum(1), 1.0, atol=1e-6)
 
 
 def test_mixup_only_and_cutmix_only_and_prob():
     rng = np.random.default_rng(0)
-    x, y = _batch(rng)
-    assert not any(Mixup(0.8, 0.0, num_classes=K)(x, y, rng)[2]["cutmix"] for _ in range(20))
-    assert all(Mixup(0.0, 1.0, num_classes=K)(x, y, rng)[2]["cutmix"] for _ in range(20))
-    infos = [Mixup(0.8, 1.0, prob=0.0, num_classes=K)(x, y, rng)[2] for _ in range(5)]
-    assert all(i["lam"] == 1.0 for i in infos)
+    y = rng.integers(0, K, 8)
+    assert not any(Mixup(0.8, 0.0, num_classes=K)(y, (16, 16), rng)[1].cutmix for _ in range(20))
+    assert all(Mixup(0.0, 1.0, num_classes=K)(y, (16, 16), rng)[1].cutmix for _ in range(20))
+    infos = [Mixup(0.8, 1.0, prob=0.0, num_classes=K)(y, (16, 16), rng)[1] for _ in range(5)]
+    assert all(i.lam == 1.0 for i in infos)
     with pytest.raises(ValueError):
-        Mixup(0.8, 1.0, num_classes=K)(x[:3], y[:3], rng)
+        Mixup(0.8, 1.0, num_classes=K)(y[:3], (16, 16), rng)
 
 
 def test_mixup_target_helper():

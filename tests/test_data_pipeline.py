@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vheat_jax.data import pipeline
+from vheat_jax.data import on_device, pipeline
 from vheat_jax.data.sources import ImageFolderSource
 
 CLASSES = ("b_cat", "a_dog", "c_fox")  # deliberately unsorted
@@ -146,12 +146,12 @@ def test_train_batches_and_corrupt_image_counted(folder, caplog):
     with caplog.at_level(logging.WARNING):
         _, batches = _take(loader, 7)
     n_bad = 0
+    spec = on_device.train_batch_spec(4, 16, 3, erase=True, mix=True)
     for b in batches:
-        assert b["image"].shape == (4, 16, 16, 3) and b["image"].dtype == np.float32
-        assert b["label"].shape == (4, 3) and b["label"].dtype == np.float32
-        assert b["valid"].shape == (4,) and b["valid"].dtype == np.float32
+        assert {name: (v.shape, v.dtype) for name, v in b.items()} == spec
         np.testing.assert_allclose(b["label"].sum(1), 1.0, atol=1e-6)
-        assert np.isfinite(b["image"]).all()
+        # one mixing draw per batch, the same on every row
+        assert (b["mix_weight"] == b["mix_weight"][0]).all() and (b["mix_box"] == b["mix_box"][0]).all()
         n_bad += pipeline.num_corrupt(b)
     assert n_bad >= 2
     assert "zz_corrupt.JPEG" in caplog.text
@@ -205,17 +205,19 @@ def test_process_shards_disjoint_and_covering_and_reshuffled(id_folder):
 
 
 def test_augmentation_does_not_depend_on_process_count(id_folder):
-    """Each example is augmented by its position in the global stream: 2 processes see what 1 process sees."""
+    """Each example is augmented by its position in the global stream: 2 processes see what 1 process sees
+    (pixels, label and random-erasing draw)."""
     cfg = _config(id_folder, num_classes=12, batch=6, mixup=0.0, cutmix=0.0, label_smoothing=0.0)
     _, single = _take(pipeline.create_train_loader(cfg, process_index=0, process_count=1, seed=5), 4)
-    single_images = np.concatenate([b["image"] for b in single])  # global positions 0..23
-    single_labels = np.concatenate([b["label"] for b in single])
+    assert set(single[0]) == {"image", "label", "valid", "erase_box", "erase_seed"}
+    single_rows = {name: np.concatenate([b[name] for b in single]) for name in single[0]}  # positions 0..23
     for p in range(2):
         _, local = _take(pipeline.create_train_loader(cfg, process_index=p, process_count=2, seed=5), 4)
         positions = np.arange(12) * 2 + p  # local index i is global position 2 i + p
-        np.testing.assert_array_equal(np.concatenate([b["image"] for b in local]), single_images[positions])
-        np.testing.assert_array_equal(np.concatenate([b["label"] for b in local]), single_labels[positions])
-    assert not np.array_equal(single_images[0], single_images[12])  # the augmentation is random
+        for name, rows in single_rows.items():
+            np.testing.assert_array_equal(np.concatenate([b[name] for b in local]), rows[positions])
+    assert not np.array_equal(single_rows["image"][0], single_rows["image"][12])  # the augmentation is random
+    assert single_rows["erase_box"][:, 2].any()  # some examples are erased
 
 
 def test_iterator_state_restore_and_orbax_roundtrip(folder, tmp_path):

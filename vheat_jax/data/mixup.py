@@ -1,4 +1,4 @@
-"""timm ``Mixup`` (mode='batch') on numpy NHWC batches, label smoothing folded in.
+"""timm ``Mixup`` (mode='batch') drawn on the host, applied to the pixels on the device.
 
 Same algorithm as ``timm.data.mixup.Mixup`` (batch mode, ``correct_lam``):
 per batch, with probability ``prob`` draw either cutmix (with probability
@@ -8,9 +8,18 @@ for cutmix, lam is recomputed from the clipped box area.  Targets are
 ``lam * smooth(y) + (1 - lam) * smooth(flip(y))`` with
 ``off = smoothing / K``, ``on = 1 - smoothing + off``.
 Randomness comes from an explicit ``numpy.random.Generator``.
+
+The host draws the parameters and computes the soft targets (B x K floats);
+the images stay uint8 and the blend happens under ``jit``
+(:mod:`vheat_jax.data.on_device`), per row: outside ``box`` the pixel is
+``weight * own + (1 - weight) * partner``, inside ``box`` it is the partner's.
+Mixup rows have an empty box and ``weight = lam``; cutmix rows have
+``weight = 1`` and the cut box; unmixed rows have ``weight = 1`` and no box.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -52,8 +61,21 @@ def cutmix_bbox_and_lam(img_hw, lam: float, rng: np.random.Generator, correct_la
     return (yl, yh, xl, xh), lam
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchMix:
+    """One batch's draw: ``lam`` (the targets' weight), ``cutmix``, and the cut ``box`` (yl, yh, xl, xh)."""
+
+    lam: float = 1.0
+    cutmix: bool = False
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def pixel_weight(self) -> float:
+        """The own image's weight outside the box (cutmix replaces inside the box and keeps the rest)."""
+        return 1.0 if self.cutmix else self.lam
+
+
 class Mixup:
-    """Batch-mode mixup/cutmix + label smoothing on NHWC numpy arrays."""
+    """Batch-mode mixup/cutmix + label smoothing: parameters and targets on the host."""
 
     def __init__(
         self,
@@ -96,24 +118,21 @@ class Mixup:
             lam = float(lam)
         return lam, use_cutmix
 
-    def __call__(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
-        """Returns (mixed images, soft targets float32 (B, K), info dict).
-
-        ``images`` is NHWC float32 (modified copy is returned); ``labels`` int (B,).
-        """
-        info = {"lam": 1.0, "cutmix": False}
-        if not self.active:
-            return images, smooth_one_hot(labels, self.num_classes, self.label_smoothing), info
-        if images.shape[0] % 2:
-            raise ValueError(f"Mixup/cutmix needs an even local batch size, got {images.shape[0]}")
+    def draw(self, img_hw: tuple[int, int], rng: np.random.Generator) -> BatchMix:
+        """timm ``_mix_batch``'s random draws for one batch of ``img_hw`` images."""
         lam, use_cutmix = self.params(rng)
-        x = images
-        if lam != 1.0:
-            if use_cutmix:
-                (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(images.shape[1:3], lam, rng, self.correct_lam)
-                x = images.copy()
-                x[:, yl:yh, xl:xh, :] = images[::-1, yl:yh, xl:xh, :]
-            else:
-                x = (images * np.float32(lam) + images[::-1] * np.float32(1.0 - lam)).astype(np.float32)
-        info = {"lam": float(lam), "cutmix": use_cutmix}
-        return x, mixup_target(labels, self.num_classes, lam, self.label_smoothing), info
+        if lam == 1.0:
+            return BatchMix()
+        if use_cutmix:
+            box, lam = cutmix_bbox_and_lam(img_hw, lam, rng, self.correct_lam)
+            return BatchMix(float(lam), True, tuple(int(v) for v in box))
+        return BatchMix(lam)
+
+    def __call__(self, labels: np.ndarray, img_hw: tuple[int, int], rng: np.random.Generator):
+        """Returns (soft targets float32 (B, K), the batch's :class:`BatchMix`)."""
+        if not self.active:
+            return smooth_one_hot(labels, self.num_classes, self.label_smoothing), BatchMix()
+        if labels.shape[0] % 2:
+            raise ValueError(f"Mixup/cutmix needs an even local batch size, got {labels.shape[0]}")
+        mix = self.draw(img_hw, rng)
+        return mixup_target(labels, self.num_classes, mix.lam, self.label_smoothing), mix

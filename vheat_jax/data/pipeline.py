@@ -13,9 +13,10 @@ Train stream for process p of P (seed s):
   (disjoint per-process shards that together cover each epoch) -> per-example
   decode + augmentation (rng from (s, position in the global stream), so an
   example is augmented the same way whatever the number of processes) -> batch
-  of global_batch_size // P -> corrupt-image substitution + mixup/cutmix + label
-  smoothing (rng from (s, p, batch index): mixup pairs rows within a process's
-  batch, as the official per-GPU mixup does, so it depends on P).
+  of global_batch_size // P -> corrupt-image substitution + the mixup/cutmix draw +
+  label smoothing (rng from (s, p, batch index): mixup pairs rows within a process's
+  batch, as the official per-GPU mixup does, so it depends on P).  Train images stay
+  uint8; normalisation, erasing and mixing run on the device (``data.on_device``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from vheat_jax.data import sources as sources_lib
 from vheat_jax.data import transforms as tf_lib
 
 # Host-side read-ahead: batches in flight per (worker) process.  Kept small:
-# a train batch is float32 (e.g. 256 x 224 x 224 x 3 = 154 MB).
+# a train batch is uint8 (256 x 224 x 224 x 3 = 39 MB), an eval batch float32 (154 MB).
 _READ_THREADS = 2
 _PREFETCH_BATCHES = 2
 _WORKER_BUFFER_BATCHES = 1
@@ -136,13 +137,23 @@ def augmented_process_shard(source, transform, *, seed: int, process_index: int,
     return ds.map_with_index(AugmentAtGlobalPosition(transform, seed, process_index, process_count))
 
 
+def interleave_partners(batch_size: int) -> np.ndarray:
+    """Row order [0, B-1, 1, B-2, ...]: timm's mixing partner of row i (row B-1-i) moves next to it."""
+    order = np.empty(batch_size, np.int64)
+    order[0::2] = np.arange(batch_size // 2)
+    order[1::2] = np.arange(batch_size - 1, batch_size // 2 - 1, -1)
+    return order
+
+
 class TrainBatchTransform(grain.transforms.MapWithIndex):
-    """Per-batch step: corrupt-image substitution, mixup/cutmix, soft labels.
+    """Per-batch step: corrupt-image substitution, the mixup/cutmix draw, soft labels.
 
     Rows whose image could not be decoded (valid == 0) get a copy of a valid row
-    of the same batch (image and label) so they do not pollute their mixup
-    partner; they keep valid == 0, so the trainer can count them
-    (``num_corrupt(batch)``) and mask them out of the loss.
+    of the same batch (image, label and erasing draw) so they do not pollute their
+    mixup partner; they keep valid == 0, so the trainer can count them
+    (``num_corrupt(batch)``) and mask them out of the loss.  With mixing on, the
+    rows are interleaved (:func:`interleave_partners`) and carry the draw as
+    ``mix_weight``/``mix_box``; the pixels are mixed on the device.
     """
 
     def __init__(self, mixup: mixup_lib.Mixup, seed: int, process_index: int):
@@ -154,21 +165,27 @@ class TrainBatchTransform(grain.transforms.MapWithIndex):
         return np.random.default_rng([self.seed, self.process_index, int(batch_index), _MIX])
 
     def map_with_index(self, index: int, element: dict) -> dict:
-        images, labels, valid = element["image"], element["label"], element["valid"]
+        batch = dict(element)
+        valid = batch["valid"]
         bad = np.flatnonzero(valid == 0)
         if 0 < len(bad) < len(valid):
             good = np.flatnonzero(valid > 0)
             src = good[np.arange(len(bad)) % len(good)]
-            images = images.copy()
-            labels = labels.copy()
-            images[bad] = images[src]
-            labels[bad] = labels[src]
-        images, targets, _ = self.mixup(images, labels, self.batch_rng(index))
-        return {
-            "image": images.astype(np.float32, copy=False),
-            "label": targets.astype(np.float32, copy=False),
-            "valid": valid.astype(np.float32, copy=False),
-        }
+            for name, rows in batch.items():
+                if name != "valid":
+                    batch[name] = rows.copy()
+                    batch[name][bad] = rows[src]
+        images = batch["image"]
+        targets, mix = self.mixup(batch.pop("label"), images.shape[1:3], self.batch_rng(index))
+        batch["label"] = targets.astype(np.float32, copy=False)
+        batch["valid"] = valid.astype(np.float32, copy=False)
+        if not self.mixup.active:
+            return batch
+        size = images.shape[0]
+        batch["mix_weight"] = np.full(size, mix.pixel_weight(), np.float32)
+        batch["mix_box"] = np.tile(np.asarray(mix.box, np.int32), (size, 1))
+        order = interleave_partners(size)
+        return {name: rows[order] for name, rows in batch.items()}
 
 
 def create_train_loader(
@@ -176,8 +193,11 @@ def create_train_loader(
 ) -> grain.IterDataset:
     """Infinite, per-epoch-reshuffled training stream for this process.
 
-    Yields {"image": float32 (B, S, S, 3), "label": float32 (B, K) soft targets,
-    "valid": float32 (B,)} with B = config.global_batch_size // process_count.
+    Yields {"image": uint8 (B, S, S, 3), "label": float32 (B, K) soft targets,
+    "valid": float32 (B,)} with B = config.global_batch_size // process_count,
+    plus the random-erasing and mixup draws when those are on
+    (:func:`vheat_jax.data.on_device.train_batch_spec`); ``on_device.train_images``
+    turns a batch into the model's input.
     """
     _check_process(process_index, process_count)
     seed = int(config.seed if seed is None else seed)

@@ -1,18 +1,25 @@
 """Per-example image transforms (numpy + PIL), following timm's
 ``create_transform`` for the Swin/vHeat ImageNet recipe.
 
-Training (``TrainTransform``):
+Training (``TrainTransform``, host side, uint8 throughout):
   decode -> RandomResizedCrop(S, scale=(0.08, 1), ratio=(3/4, 4/3), bicubic)
   -> horizontal flip (p=0.5) -> RandAugment ``rand-m9-mstd0.5-inc1`` *or*
   ColorJitter(0.4) (timm ignores ``color_jitter`` when ``auto_augment`` is set)
-  -> ToTensor + Normalize(ImageNet mean/std) -> RandomErasing(p=0.25, 'pixel').
+  -> the RandomErasing(p=0.25, 'pixel') box.  ToTensor + Normalize, the erasing
+  itself and mixup happen on the device (:mod:`vheat_jax.data.on_device`).
+  With ``aug.scaled_decode`` (default on) a JPEG's crop box is drawn on the
+  full-size image first, then the decoder scales by M/8 in the DCT domain to
+  the smallest size at which the crop is still at least S x S (libjpeg-turbo
+  through ``simplejpeg``), and the crop is resized from there: less decoding,
+  a slightly different resampling (PSNR in docs/input_pipeline.md).  Crops
+  too small to allow any scaling are decoded at full size, exactly as before.
 Evaluation (``EvalTransform``):
   decode -> resize short side to int(S / crop_pct) (bicubic) -> center crop S
   -> normalize.
 
 Images that cannot be decoded never raise: the example comes out as zeros with
 ``valid=0`` (train) / ``mask=0`` (eval) and a warning naming the file is logged.
-Output images are float32 HWC.
+Train images are uint8 HWC, eval images float32 HWC (normalised).
 """
 
 from __future__ import annotations
@@ -23,14 +30,17 @@ import math
 from typing import Any
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageEnhance
 
 from vheat_jax.data import randaugment
+from vheat_jax.train.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ERASE_MODES = ("pixel", "rand", "const")  # timm RandomErasing: per-pixel noise, per-channel noise, zeros
 _MEAN = np.asarray(IMAGENET_MEAN, np.float32)
 _STD = np.asarray(IMAGENET_STD, np.float32)
 BICUBIC = Image.BICUBIC
@@ -103,6 +113,33 @@ def random_resized_crop(
     return img.crop((j, i, j + w, i + h)).resize((size, size), BICUBIC)
 
 
+def is_jpeg(data: Any) -> bool:
+    return isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:3]) == b"\xff\xd8\xff"
+
+
+def scaled_decode_crop(data: bytes, size: int, rng: np.random.Generator) -> Image.Image:
+    """``random_resized_crop(decode_image(data), size, rng)`` for a JPEG, decoding only as
+    many pixels as the crop needs: the box is drawn on the full-size image (same draws),
+    the decoder scales by the smallest M/8 that keeps the box at least ``size`` on both
+    sides, and the box is resized from the scaled image.  May raise."""
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    i, j, h, w = rrc_params(width, height, rng)
+    pixels = None
+    if colorspace not in ("CMYK", "YCCK"):  # PIL's RGB of those (Adobe's inverted CMYK) is the reference
+        try:
+            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=math.ceil(size * height / h),
+                                            min_width=math.ceil(size * width / w))
+        except ValueError:  # whatever libjpeg-turbo refuses, PIL decodes (or rejects) in full below
+            pass
+    if pixels is None:
+        pixels = np.asarray(decode_image(data))
+    img = Image.fromarray(pixels)
+    if pixels.shape[:2] == (height, width):
+        return img.crop((j, i, j + w, i + h)).resize((size, size), BICUBIC)
+    sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
+    return img.resize((size, size), BICUBIC, box=(j * sx, i * sy, (j + w) * sx, (i + h) * sy))
+
+
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
     """torchvision ``Resize(int)`` for PIL: short side -> size (bicubic)."""
     w, h = img.size
@@ -146,46 +183,34 @@ def to_normalized_array(img: Image.Image) -> np.ndarray:
     return (x - _MEAN) / _STD
 
 
-def random_erasing(
-    x: np.ndarray,
+NO_ERASE = np.zeros(4, np.int32)
+
+
+def random_erasing_box(
+    img_h: int,
+    img_w: int,
     rng: np.random.Generator,
     probability: float = 0.25,
-    mode: str = "pixel",
     min_area: float = 0.02,
     max_area: float = 1.0 / 3.0,
     min_aspect: float = 0.3,
-    count: int = 1,
-) -> bool:
-    """timm ``RandomErasing`` on a normalized HWC array, in place.
-
-    mode 'pixel': per-pixel N(0,1); 'rand': per-channel N(0,1); 'const': 0.
-    Returns True when a region was erased.
-    """
+) -> np.ndarray:
+    """timm ``RandomErasing``'s box (one box, ``max_count=1``): int32 (top, left, height, width),
+    all zeros when nothing is erased.  The noise is drawn on the device (``on_device.random_erase``)."""
     if rng.random() > probability:
-        return False
-    img_h, img_w, chan = x.shape
+        return NO_ERASE
     area = img_h * img_w
     log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
-    erased = False
-    for _ in range(count):
-        for _ in range(10):
-            target_area = rng.uniform(min_area, max_area) * area / count
-            aspect_ratio = math.exp(rng.uniform(*log_aspect))
-            h = int(round(math.sqrt(target_area * aspect_ratio)))
-            w = int(round(math.sqrt(target_area / aspect_ratio)))
-            if w < img_w and h < img_h:
-                top = int(rng.integers(0, img_h - h + 1))
-                left = int(rng.integers(0, img_w - w + 1))
-                if mode == "pixel":
-                    patch = rng.standard_normal((h, w, chan), dtype=np.float32)
-                elif mode == "rand":
-                    patch = rng.standard_normal((1, 1, chan), dtype=np.float32)
-                else:
-                    patch = np.zeros((1, 1, chan), np.float32)
-                x[top : top + h, left : left + w, :] = patch
-                erased = True
-                break
-    return erased
+    for _ in range(10):
+        target_area = rng.uniform(min_area, max_area) * area
+        aspect_ratio = math.exp(rng.uniform(*log_aspect))
+        h = int(round(math.sqrt(target_area * aspect_ratio)))
+        w = int(round(math.sqrt(target_area / aspect_ratio)))
+        if w < img_w and h < img_h:
+            top = int(rng.integers(0, img_h - h + 1))
+            left = int(rng.integers(0, img_w - w + 1))
+            return np.array([top, left, h, w], np.int32)
+    return NO_ERASE
 
 
 # ---------------------------------------------------------------------------
@@ -201,14 +226,17 @@ def _aug_get(aug, key, default):
 
 
 class TrainTransform:
-    """Decode + timm training augmentation: ``random_map(element, rng)``.
+    """Decode + timm training augmentation on the host: ``random_map(element, rng)``.
 
-    Output: {"image": float32 (S, S, 3), "label": int32, "valid": float32}.
+    Output: {"image": uint8 (S, S, 3), "label": int32, "valid": float32}, plus
+    "erase_box" int32 (4,) and "erase_seed" uint32 when random erasing is on
+    (``aug.reprob > 0``); :func:`vheat_jax.data.on_device.train_images` finishes the recipe.
     """
 
     def __init__(self, image_size: int, aug=None):
         self.image_size = int(image_size)
         self.rrc = bool(_aug_get(aug, "random_resized_crop", True))
+        self.scaled_decode = bool(_aug_get(aug, "scaled_decode", True))
         self.hflip = bool(_aug_get(aug, "hflip", True))
         ra = _aug_get(aug, "randaug", "rand-m9-mstd0.5-inc1") or ""
         self.randaug = None
@@ -225,32 +253,47 @@ class TrainTransform:
         cj = float(_aug_get(aug, "color_jitter", 0.4) or 0.0)
         self.color_jitter = cj if (self.randaug is None and cj > 0) else 0.0
         self.reprob = float(_aug_get(aug, "reprob", 0.25) or 0.0)
-        self.remode = str(_aug_get(aug, "remode", "pixel"))
+        remode = str(_aug_get(aug, "remode", "pixel"))
+        if remode not in ERASE_MODES:
+            raise ConfigError(f"aug.remode={remode!r} is not one of {', '.join(ERASE_MODES)}")
 
-    def augment(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    def decode_and_crop(self, data: Any, rng: np.random.Generator) -> Image.Image:
+        """Decoded and (random-resized-)cropped to S x S. May raise on undecodable data."""
         s = self.image_size
+        if self.rrc and self.scaled_decode and is_jpeg(data):
+            return scaled_decode_crop(bytes(data), s, rng)
+        img = decode_image(data)
         if self.rrc:
-            img = random_resized_crop(img, s, rng)
-        elif img.size != (s, s):
-            img = img.resize((s, s), BICUBIC)
+            return random_resized_crop(img, s, rng)
+        return img if img.size == (s, s) else img.resize((s, s), BICUBIC)
+
+    def augment(self, img: Image.Image, rng: np.random.Generator) -> dict:
         if self.hflip and rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if self.randaug is not None:
             img = self.randaug(img, rng)
         elif self.color_jitter > 0:
             img = color_jitter(img, self.color_jitter, rng)
-        x = to_normalized_array(img)
+        out = {"image": np.asarray(img, np.uint8)}
         if self.reprob > 0:
-            random_erasing(x, rng, probability=self.reprob, mode=self.remode)
-        return x
+            s = self.image_size
+            out["erase_box"] = random_erasing_box(s, s, rng, probability=self.reprob)
+            out["erase_seed"] = rng.integers(0, 2**32, dtype=np.uint32)
+        return out
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        img = try_decode(element["image"], element.get("name", "?"))
         label = np.int32(element["label"])
-        if img is None:
+        try:
+            img = self.decode_and_crop(element["image"], rng)
+        except Exception as e:  # noqa: BLE001 - any decoder failure = corrupt image
+            logger.warning("Skipping corrupt/undecodable image %s: %s: %s", element.get("name", "?"),
+                           type(e).__name__, e)
             s = self.image_size
-            return {"image": np.zeros((s, s, 3), np.float32), "label": label, "valid": np.float32(0.0)}
-        return {"image": self.augment(img, rng), "label": label, "valid": np.float32(1.0)}
+            blank = {"image": np.zeros((s, s, 3), np.uint8)}
+            if self.reprob > 0:
+                blank.update(erase_box=NO_ERASE, erase_seed=np.uint32(0))
+            return {**blank, "label": label, "valid": np.float32(0.0)}
+        return {**self.augment(img, rng), "label": label, "valid": np.float32(1.0)}
 
     __call__ = random_map
 

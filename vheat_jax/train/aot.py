@@ -13,14 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import topologies
 
 from vheat_jax.benchmark import compiled_memory, live_bytes
 from vheat_jax.train import optim, sharding
-from vheat_jax.train.classification import StateFactory, build_model, jit_train_step
-
-BATCH_FIELDS = ("image", "label", "valid")
+from vheat_jax.train.classification import StateFactory, build_model, jit_train_step, train_batch_spec
 
 
 def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[str, Any]:
@@ -34,10 +31,9 @@ def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[st
     factory = StateFactory(model, tx, mesh, config)
     step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
     micro_batch = config.global_batch_size // config.grad_accum_steps
-    size, classes = config.image_size, config.num_classes
-    shapes = {"image": (micro_batch, size, size, 3), "label": (micro_batch, classes), "valid": (micro_batch,)}
-    batch = {name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh))
-             for name, shape in shapes.items()}
+    size = config.image_size
+    batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh))
+             for name, (shape, dtype) in train_batch_spec(config, micro_batch).items()}
     compiled = step.lower(factory.abstract_with_shardings(), batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

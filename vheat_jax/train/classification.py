@@ -20,7 +20,8 @@ import ml_collections
 import optax
 
 from vheat_jax import paths
-from vheat_jax.data import create_eval_loader, create_train_loader, make_source
+from vheat_jax.data import create_eval_loader, create_train_loader, make_source, on_device
+from vheat_jax.data.pipeline import make_mixup
 from vheat_jax.model import VHeat
 from vheat_jax.train import loop, optim, sharding
 from vheat_jax.train.config import ConfigError
@@ -80,9 +81,12 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
 
 
-def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, grad_accum_steps: int):
+def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, grad_accum_steps: int,
+                    erase_mode: str = "pixel"):
     """``train_step(state, batch) -> (state, metrics)``, to be jitted.
 
+    The batch is the loader's (uint8 images and their erasing/mixup draws); the
+    step finishes the augmentation (``on_device.train_images``) before the model.
     The loss is the mean over valid rows (undecodable images have ``valid == 0``).
     Drop-path randomness is a function of (seed, update, micro-batch), so a
     resumed run draws exactly what the interrupted one would have.
@@ -95,8 +99,10 @@ def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, 
             micro_index = micro_index + state.opt_state.mini_step
         dropout_key = jax.random.fold_in(base_key, micro_index)
 
+        images = on_device.train_images(batch, erase_mode)
+
         def loss_fn(params):
-            logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": dropout_key})
+            logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_key})
             per_example = soft_cross_entropy(logits, batch["label"])
             weights = batch["valid"]
             return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0), logits
@@ -148,12 +154,23 @@ def make_eval_step(model: VHeat):
     return eval_step
 
 
+def config_train_step(config, model: VHeat, tx, schedule):
+    """``make_train_step`` with ``config``'s EMA, seed, accumulation and erasing mode."""
+    return make_train_step(
+        model, tx, schedule, ema_decay=config.ema_decay, seed=config.seed, grad_accum_steps=config.grad_accum_steps,
+        erase_mode=config.aug.get("remode", "pixel"),
+    )
+
+
 def jit_train_step(config, model: VHeat, tx, schedule, mesh, state_shardings):
     """The loop's jitted train step for this model (also compiled by ``aot.py`` and ``bench/``)."""
-    step = make_train_step(
-        model, tx, schedule, ema_decay=config.ema_decay, seed=config.seed, grad_accum_steps=config.grad_accum_steps
-    )
-    return loop.jit_train_step(step, mesh, state_shardings)
+    return loop.jit_train_step(config_train_step(config, model, tx, schedule), mesh, state_shardings)
+
+
+def train_batch_spec(config, batch_size: int) -> dict:
+    """Shapes and dtypes of ``config``'s training batches of ``batch_size`` rows (for AOT and benchmarks)."""
+    return on_device.train_batch_spec(batch_size, config.image_size, config.num_classes,
+                                      erase=config.aug.get("reprob", 0.0) > 0, mix=make_mixup(config).active)
 
 
 def jit_eval_step(model: VHeat, mesh, param_shardings):
@@ -229,10 +246,7 @@ class ClassificationTask(loop.Task):
             grad_accum_steps=config.grad_accum_steps,
         )
         self.factory = StateFactory(self.model, tx, self.mesh, config)
-        self._train_step = make_train_step(
-            self.model, tx, schedule, ema_decay=config.ema_decay, seed=config.seed,
-            grad_accum_steps=config.grad_accum_steps,
-        )
+        self._train_step = config_train_step(config, self.model, tx, schedule)
         self._eval_step = jit_eval_step(self.model, self.mesh, self.factory.shardings.params)
         return self.factory.abstract
 
