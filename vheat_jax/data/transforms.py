@@ -61,7 +61,7 @@ def decode_image(data: Any) -> Image.Image:
         data = data.item()
     img = Image.open(io.BytesIO(bytes(data)))
     img.load()  # force the full decode here so truncated files raise now
-    return img.convert("RGB")  # as torchvision's pil_loader
+    return img if img.mode == "RGB" else img.convert("RGB")  # as torchvision's pil_loader (no copy when RGB)
 
 
 def try_decode(data: Any, name: str) -> Image.Image | None:
