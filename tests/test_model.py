@@ -114,7 +114,7 @@ def test_rejects_non_nhwc_input():
         model.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)))
 
 
-@pytest.mark.parametrize("hw", [(7, 7), (10, 12), (1, 5)])
+@pytest.mark.parametrize("hw", [(7, 7), (10, 12), (1, 5), (14, 14), (28, 28)])
 def test_hco_forms_compute_the_same_map(hw):
     from vheat_jax.heat import HCO_FORMS, heat_diffuse
 
@@ -123,8 +123,17 @@ def test_hco_forms_compute_the_same_map(hw):
     reference = heat_diffuse(x, decay, "einsum")
     # Without decay the DCT round trip is the identity (orthonormal basis).
     np.testing.assert_allclose(heat_diffuse(x, jnp.ones_like(decay), "einsum"), x, atol=1e-5)
-    for form in [*HCO_FORMS, "auto"]:
+    for form in [*HCO_FORMS, "auto", "auto:tpu", "auto:gpu"]:
         np.testing.assert_allclose(heat_diffuse(x, decay, form), reference, atol=1e-5, err_msg=form)
+
+
+def test_auto_form_per_backend():
+    from vheat_jax.heat import select_form
+
+    assert [select_form(r, r, "cpu") for r in (7, 8, 14, 28, 56)] == ["kron"] * 2 + ["channel_major"] * 3
+    assert [select_form(r, r, "tpu") for r in (7, 14, 28, 56)] == ["kron"] * 3 + ["channel_major"]
+    assert select_form(14, 14, "gpu") == select_form(14, 14, "cpu")  # GPU unmeasured: the CPU rule
+    assert select_form(14, 14) == select_form(14, 14, jax.default_backend())
 
 
 def test_depthwise_conv_equals_grouped_conv():

@@ -20,9 +20,8 @@ from vheat_jax.train import optim, sharding
 from vheat_jax.train.classification import StateFactory, build_model, jit_train_step, train_batch_spec
 
 
-def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[str, Any]:
-    """Compiles ``config``'s train step for ``topology`` (e.g. ``"v5e:16x16"``); returns memory and cost."""
-    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+def compile_train_step(config, devices, *, steps: int = 1000):
+    """The loop's train step for ``config`` (global batch split over ``devices``), compiled for them."""
     mesh = sharding.make_mesh(devices)
     model = build_model(config)
     tx, schedule = optim.create_optimizer(
@@ -31,10 +30,17 @@ def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[st
     factory = StateFactory(model, tx, mesh, config)
     step = jit_train_step(config, model, tx, schedule, mesh, factory.shardings)
     micro_batch = config.global_batch_size // config.grad_accum_steps
-    size = config.image_size
     batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh))
              for name, (shape, dtype) in train_batch_spec(config, micro_batch).items()}
-    compiled = step.lower(factory.abstract_with_shardings(), batch).compile()
+    return step.lower(factory.abstract_with_shardings(), batch).compile()
+
+
+def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[str, Any]:
+    """Compiles ``config``'s train step for ``topology`` (e.g. ``"v5e:16x16"``); returns memory and cost."""
+    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    if config.model.get("hco_form", "auto") == "auto":
+        config.model.hco_form = "auto:tpu"  # the forms the TPU would pick, not this machine's backend
+    compiled = compile_train_step(config, devices, steps=steps)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled_memory(compiled) or {}
@@ -42,7 +48,7 @@ def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[st
     return {
         "topology": topology, "chips": len(devices), "device_kind": devices[0].device_kind,
         "model": config.model.name, "global_batch_size": config.global_batch_size,
-        "image_size": size, "compute_dtype": config.compute_dtype, "fsdp": bool(config.fsdp),
+        "image_size": config.image_size, "compute_dtype": config.compute_dtype, "fsdp": bool(config.fsdp),
         "remat": bool(config.remat), "per_chip_memory": memory, "per_chip_total_gib": per_chip / 2**30,
         "flops_per_chip_per_step": float(cost.get("flops", float("nan"))) if cost else None,
     }

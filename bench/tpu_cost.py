@@ -1,0 +1,311 @@
+#!/usr/bin/env python
+"""vHeat on TPUs by the TPU compiler's own cost model (libtpu, no TPU needed). JSON out.
+
+    pip install -e ".[tpu-aot]"
+    python bench/tpu_cost.py --out docs/tpu_cost.json
+
+For each chip (v3, v4, v5e) the program is compiled for *one* of its devices (libtpu's
+topologies list v3 and v4 TensorCores, two per chip, and v5e chips): the trainer's train step
+(bf16 compute, AdamW, EMA, on-device augmentation) for vHeat-T/S/B at 224 and vHeat-T at 512,
+the same kind of step for the ViT-S/16 baseline of ``bench/scaling.py`` (whose real TPU speed
+is published, to calibrate), and the HCO and depthwise-conv forms, forward + backward, at the
+vHeat-T stage shapes. From each compiled program: XLA's ``flops`` and ``bytes accessed``; a
+roofline time ``max(flops / peak, bytes / HBM bandwidth)`` from the published per-chip peaks;
+and, from the optimized HLO, the bytes each top-level operation moves (operands + result),
+grouped by the part of the model its ``op_name`` names.
+
+**This is a model of the chip, not a measurement.** XLA's byte count includes operand
+re-reads of its tiling, and a real step also pays for what the model ignores (latency,
+imperfect overlap, the host); the calibration row says how far the model is from a published
+measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import topologies
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vit_baseline import ViT  # noqa: E402
+
+from vheat_jax.heat import HCO_FORMS, heat_diffuse, select_form  # noqa: E402
+from vheat_jax.ops import depthwise_conv3x3  # noqa: E402
+
+# Published per-chip figures (cloud.google.com/tpu/docs/system-architecture-tpu-vm): bf16 peak
+# and HBM bandwidth; per device = per chip / devices per chip.
+CHIPS = {
+    "v3": {"topology": "v3:2x2", "devices_per_chip": 2, "chip_bf16_tflops": 123.0, "chip_hbm_gbs": 900.0},
+    "v4": {"topology": "v4:2x2x1", "devices_per_chip": 2, "chip_bf16_tflops": 275.0, "chip_hbm_gbs": 1200.0},
+    "v5e": {"topology": "v5e:2x2", "devices_per_chip": 1, "chip_bf16_tflops": 197.0, "chip_hbm_gbs": 819.0},
+}
+# big_vision's ViT-S/16 ImageNet training (README, "about 1.1-1.3k img/s per v3 chip"): the
+# calibration point for the model (per chip, so two v3 devices).
+PUBLISHED_VIT_S16_V3_IMG_S_PER_CHIP = (1100.0, 1300.0)
+STAGES_T = ((56, 96), (28, 192), (14, 384), (7, 768))  # vHeat-T at 224: (resolution, channels)
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+# An array shape with its layout: f32[64,56,56,96]{3,2,1,0:T(8,128)S(1)}; S(1) is VMEM, not HBM.
+_ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\](\{[^}]*\})?")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
+_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
+               "after-all", "partition-id", "replica-id", "copy-done", "async-done"}
+
+
+def hbm_bytes(shape_text: str) -> int:
+    """Bytes of the HBM-resident arrays in an HLO shape (tuples summed; VMEM arrays skipped)."""
+    total = 0
+    for dtype, dims, layout in _ARRAY.findall(shape_text):
+        if "S(1)" not in (layout or ""):
+            total += _DTYPE_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+    return total
+
+
+def category(op_name: str) -> str:
+    """The part of the model (or of the step) an HLO op's ``op_name`` metadata names."""
+    name = op_name.lower()
+    if "vheat" not in name and "vit" not in name:
+        return "optimizer, EMA, loss, augmentation"
+    for key, label in (("dwconv", "depthwise conv"), ("norm", "LayerNorm"), ("to_k", "decay (to_k, pow)"),
+                       ("/op/linear", "dense (HCO in/out)"), ("out_linear", "dense (HCO in/out)"),
+                       ("mlp", "MLP"), ("/op/", "HCO (DCT, decay, IDCT)"), ("conv", "stem/downsample conv"),
+                       ("attention", "attention"), ("head", "head")):
+        if key in name:
+            return label
+    return "other model ops"
+
+
+def bytes_by_category(hlo_text: str) -> dict[str, float]:
+    """HBM bytes (operands + result) of every top-level op of the optimized HLO, by :func:`category`.
+
+    Fusion bodies and reducers are skipped (their traffic is the fusion's); a while loop's body
+    is counted once. An operand's bytes are its defining instruction's result bytes.
+    """
+    fused = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo_text))
+    result_bytes: dict[str, int] = {}
+    ops = []
+    computation = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY\s+)?%([\w.\-]+)\s*\(.*\{\s*$", line)
+        if header and " = " not in line:
+            computation = header.group(1)
+            continue
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, shape, opcode, rest = match.groups()
+        result_bytes[name] = hbm_bytes(shape)
+        if computation in fused or opcode in _NO_TRAFFIC:
+            continue
+        operands = re.findall(r"%([\w.\-]+)", rest.split("),")[0])
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        ops.append((name, operands, category(op_name.group(1) if op_name else "")))
+    totals: dict[str, float] = defaultdict(float)
+    for name, operands, part in ops:
+        totals[part] += result_bytes[name] + sum(result_bytes.get(o, 0) for o in operands)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def device_for(chip: str):
+    return topologies.get_topology_desc(topology_name=CHIPS[chip]["topology"], platform="tpu").devices[0]
+
+
+def cost_row(compiled, chip: str, images: int | None = None) -> dict:
+    spec = CHIPS[chip]
+    peak = spec["chip_bf16_tflops"] * 1e12 / spec["devices_per_chip"]
+    bandwidth = spec["chip_hbm_gbs"] * 1e9 / spec["devices_per_chip"]
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    roofline = max(flops / peak, moved / bandwidth)
+    row = {"flops": flops, "bytes_accessed": moved, "compute_s": flops / peak, "memory_s": moved / bandwidth,
+           "roofline_s": roofline, "bound": "memory" if moved / bandwidth > flops / peak else "compute",
+           "xla_optimal_seconds": cost.get("optimal_seconds")}
+    if images:
+        row.update(images_per_device=images, bytes_per_image=moved / images,
+                   roofline_img_s_per_chip=images / roofline * spec["devices_per_chip"],
+                   mfu_bound=flops / peak / roofline)
+    return row
+
+
+HLO_DIR: Path | None = None  # --hlo-dir: where the optimized HLO of each step is kept, for re-reading
+
+
+def _keep_hlo(name: str, text: str) -> None:
+    if HLO_DIR is not None:
+        HLO_DIR.mkdir(parents=True, exist_ok=True)
+        (HLO_DIR / f"{name}.hlo.txt").write_text(text)
+
+
+def train_step_vheat(chip: str, model: str, size: int, batch: int, hco_form: str) -> dict:
+    from vheat_jax.train.aot import compile_train_step  # pylint: disable=import-outside-toplevel
+    from vheat_jax.train.config import default_config  # pylint: disable=import-outside-toplevel
+
+    config = default_config()
+    config.model.name, config.image_size, config.global_batch_size = model, size, batch
+    config.compute_dtype, config.model.hco_form = "bfloat16", hco_form
+    start = time.perf_counter()
+    compiled = compile_train_step(config, [device_for(chip)])
+    text = compiled.as_text()
+    _keep_hlo(f"{chip}_{model}_{size}_{hco_form.replace(':', '_')}", text)
+    return {"chip": chip, "model": model, "size": size, "hco_form": hco_form, "compile_s": time.perf_counter() - start,
+            **cost_row(compiled, chip, batch), "bytes_by_part": bytes_by_category(text)}
+
+
+def train_step_vit(chip: str, size: int, batch: int) -> dict:
+    """A ViT-S/16 step of the same kind (bf16 compute, soft-target CE, clip, AdamW), one device."""
+    model = ViT(dtype=jnp.bfloat16)
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch, 1000), jnp.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"])
+    tx = optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(1e-3, weight_decay=0.05))
+    opt_state = jax.eval_shape(tx.init, params)
+
+    def step(params, opt_state, images, labels):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, images).astype(jnp.float32)
+            return optax.softmax_cross_entropy(logits, labels).mean()
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    sharding = jax.sharding.SingleDeviceSharding(device_for(chip))
+    place = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)  # noqa: E731
+    compiled = jax.jit(step).lower(*place((params, opt_state, images, labels))).compile()
+    text = compiled.as_text()
+    _keep_hlo(f"{chip}_vit_s16_{size}", text)
+    return {"chip": chip, "model": "vit_s16", "size": size, **cost_row(compiled, chip, batch),
+            "bytes_by_part": bytes_by_category(text)}
+
+
+def _grouped_conv(x, kernel, bias):
+    out = jax.lax.conv_general_dilated(x, kernel[:, :, None, :], (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+    return out + bias
+
+
+def stage_form(chip: str, op: str, form: str, resolution: int, channels: int, batch: int) -> dict:
+    """One HCO or depthwise-conv form, forward + backward in bf16, at one stage shape."""
+    sharding = jax.sharding.SingleDeviceSharding(device_for(chip))
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
+    x = spec((batch, resolution, resolution, channels), jnp.bfloat16)
+    if op == "hco":
+        loss = lambda x, d: jnp.sum(heat_diffuse(x, d, form).astype(jnp.float32) ** 2)  # noqa: E731
+        args = (x, spec((resolution, resolution, channels), jnp.float32))
+    else:
+        fn = depthwise_conv3x3 if form == "shifted" else _grouped_conv
+        loss = lambda x, k, b: jnp.sum(fn(x, k, b).astype(jnp.float32) ** 2)  # noqa: E731
+        args = (x, spec((3, 3, channels), jnp.bfloat16), spec((channels,), jnp.bfloat16))
+    compiled = jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))).lower(*args).compile()
+    return {"chip": chip, "op": op, "form": form, "resolution": resolution, "channels": channels, "batch": batch,
+            **cost_row(compiled, chip)}
+
+
+def stage_forms(chip: str, batch: int) -> list[dict]:
+    """Every form at every vHeat-T stage shape, each compiled in a child process: libtpu aborts the
+    whole process on some programs (0.0.42.1: the grouped conv's backward), which is then a row
+    with the compiler's last words instead of a cost."""
+    rows = []
+    for resolution, channels in STAGES_T:
+        candidates = [("hco", f) for f in HCO_FORMS if f != "kron" or resolution * resolution <= 28 * 28]
+        for op, form in candidates + [("dwconv", "shifted"), ("dwconv", "grouped_conv")]:
+            spec = dict(chip=chip, op=op, form=form, resolution=resolution, channels=channels, batch=batch)
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                  text=True, check=False, timeout=1200)
+            if proc.returncode == 0:
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            else:
+                checks = [line for line in proc.stderr.splitlines() if "Check failed" in line or "Error" in line]
+                rows.append({**spec, "compiler_error": (checks or proc.stderr.splitlines() or ["?"])[-1][-300:]})
+    return rows
+
+
+def choose_forms(rows: list[dict]) -> dict:
+    """Per chip and stage: the form with the smallest roofline time, beside the CPU choice."""
+    best: dict = {}
+    for row in (r for r in rows if "roofline_s" in r):
+        key = (row["chip"], row["op"], row["resolution"])
+        if key not in best or row["roofline_s"] < best[key]["roofline_s"]:
+            best[key] = row
+    out: dict = defaultdict(dict)
+    for (chip, op, resolution), row in sorted(best.items()):
+        cpu = select_form(resolution, resolution) if op == "hco" else "shifted"
+        cpu_row = next(r for r in rows if (r["chip"], r["op"], r["resolution"], r["form"]) == (chip, op, resolution, cpu)
+                       and "roofline_s" in r)
+        out[chip][f"{op}@{resolution}"] = {"form": row["form"], "roofline_s": row["roofline_s"], "cpu_form": cpu,
+                                           "cpu_form_roofline_s": cpu_row["roofline_s"],
+                                           "modelled_gain": cpu_row["roofline_s"] / row["roofline_s"]}
+    return dict(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chips", nargs="+", default=["v4", "v5e"], choices=sorted(CHIPS))
+    parser.add_argument("--models", nargs="+", default=["vheat_tiny@224", "vheat_small@224", "vheat_base@224",
+                                                        "vheat_tiny@512"], help="model@size")
+    parser.add_argument("--batch", type=int, default=64, help="images per device at 224 (a quarter at 512)")
+    parser.add_argument("--stage-batch", type=int, default=64)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "vit", "forms"])
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--forms", nargs="+", default=["auto:cpu", "auto:tpu"],
+                        help="HCO forms of the train steps (default: the CPU's choice and the TPU's)")
+    parser.add_argument("--hlo-dir", type=Path, help="keep each step's optimized HLO text here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    global HLO_DIR  # pylint: disable=global-statement
+    HLO_DIR = args.hlo_dir
+    if args.child:
+        print(json.dumps(stage_form(**json.loads(args.child))))
+        return
+
+    report = {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d"),
+              "jax": jax.__version__, "chips": {c: CHIPS[c] for c in args.chips},
+              "note": "a model of the chip (XLA's TPU cost analysis + published peaks), not a measurement"}
+    if "forms" not in args.skip:
+        rows = [row for chip in args.chips for row in stage_forms(chip, args.stage_batch)]
+        report["stage_forms"] = rows
+        report["form_choice"] = choose_forms(rows)
+        print(json.dumps(report["form_choice"]), file=sys.stderr, flush=True)
+    if "vit" not in args.skip:
+        report["vit_calibration"] = []
+        for chip in sorted(set(args.chips) | {"v3"}):
+            row = train_step_vit(chip, 224, args.batch)
+            if chip == "v3":
+                low, high = PUBLISHED_VIT_S16_V3_IMG_S_PER_CHIP
+                row["published_img_s_per_chip"] = [low, high]
+                row["model_over_published"] = [row["roofline_img_s_per_chip"] / high,
+                                               row["roofline_img_s_per_chip"] / low]
+            report["vit_calibration"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "bytes_by_part"}), file=sys.stderr, flush=True)
+    if "train" not in args.skip:
+        report["train_step"] = []
+        for chip in args.chips:
+            for item in args.models:
+                model, size = item.split("@")
+                batch = args.batch if int(size) <= 224 else max(1, args.batch // 4)
+                for form in args.forms:
+                    row = train_step_vheat(chip, model, int(size), batch, form)
+                    report["train_step"].append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "bytes_by_part"}), file=sys.stderr,
+                          flush=True)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
