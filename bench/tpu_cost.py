@@ -9,10 +9,11 @@ topologies list v3 and v4 TensorCores, two per chip, and v5e chips): the trainer
 (bf16 compute, AdamW, EMA, on-device augmentation) for vHeat-T/S/B at 224 and vHeat-T at 512,
 the same kind of step for the ViT-S/16 baseline of ``bench/scaling.py`` (whose real TPU speed
 is published, to calibrate), and the HCO and depthwise-conv forms, forward + backward, at the
-vHeat-T stage shapes. From each compiled program: XLA's ``flops`` and ``bytes accessed``; a
-roofline time ``max(flops / peak, bytes / HBM bandwidth)`` from the published per-chip peaks;
-and, from the optimized HLO, the bytes each top-level operation moves (operands + result),
-grouped by the part of the model its ``op_name`` names.
+vHeat-T stage shapes. From each compiled program: XLA's ``flops`` and ``bytes accessed``; from
+the optimized HLO, the HBM bytes each top-level operation moves (operands + result, arrays the
+compiler placed in VMEM left out), grouped by the part of the model its ``op_name`` names; and a
+roofline time ``max(flops / peak, HBM bytes / HBM bandwidth)`` from the published per-chip
+peaks. (XLA's ``bytes accessed`` also counts VMEM traffic: on v5e it is twice the HBM bytes.)
 
 **This is a model of the chip, not a measurement.** XLA's byte count includes operand
 re-reads of its tiling, and a real step also pays for what the model ignores (latency,
@@ -40,6 +41,7 @@ from jax.experimental import topologies
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vit_baseline import ViT  # noqa: E402
 
+from vheat_jax import heat  # noqa: E402
 from vheat_jax.heat import HCO_FORMS, heat_diffuse, select_form  # noqa: E402
 from vheat_jax.ops import depthwise_conv3x3  # noqa: E402
 
@@ -61,7 +63,7 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\](\{[^}]*\})?")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
-               "after-all", "partition-id", "replica-id", "copy-done", "async-done"}
+               "after-all", "partition-id", "replica-id"}
 
 
 def hbm_bytes(shape_text: str) -> int:
@@ -73,10 +75,12 @@ def hbm_bytes(shape_text: str) -> int:
     return total
 
 
-def category(op_name: str) -> str:
+def category(op_name: str, opcode: str = "") -> str:
     """The part of the model (or of the step) an HLO op's ``op_name`` metadata names."""
     name = op_name.lower()
     if "vheat" not in name and "vit" not in name:
+        if opcode.endswith("-start") or opcode in ("copy", "custom-call"):
+            return "compiler's copies and slices (no model op named)"
         return "optimizer, EMA, loss, augmentation"
     for key, label in (("dwconv", "depthwise conv"), ("norm", "LayerNorm"), ("to_k", "decay (to_k, pow)"),
                        ("/op/linear", "dense (HCO in/out)"), ("out_linear", "dense (HCO in/out)"),
@@ -91,7 +95,8 @@ def bytes_by_category(hlo_text: str) -> dict[str, float]:
     """HBM bytes (operands + result) of every top-level op of the optimized HLO, by :func:`category`.
 
     Fusion bodies and reducers are skipped (their traffic is the fusion's); a while loop's body
-    is counted once. An operand's bytes are its defining instruction's result bytes.
+    is counted once; an async copy or slice counts at its start (source and destination), not
+    again at its done. An operand's bytes are its defining instruction's result bytes.
     """
     fused = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo_text))
     result_bytes: dict[str, int] = {}
@@ -107,11 +112,12 @@ def bytes_by_category(hlo_text: str) -> dict[str, float]:
             continue
         name, shape, opcode, rest = match.groups()
         result_bytes[name] = hbm_bytes(shape)
-        if computation in fused or opcode in _NO_TRAFFIC:
+        if computation in fused or opcode in _NO_TRAFFIC or opcode.endswith("-done"):
             continue
-        operands = re.findall(r"%([\w.\-]+)", rest.split("),")[0])
+        # An async start's result holds its source and destination: the whole transfer, once.
+        operands = [] if opcode.endswith("-start") else re.findall(r"%([\w.\-]+)", rest.split("),")[0])
         op_name = re.search(r'op_name="([^"]*)"', line)
-        ops.append((name, operands, category(op_name.group(1) if op_name else "")))
+        ops.append((name, operands, category(op_name.group(1) if op_name else "", opcode)))
     totals: dict[str, float] = defaultdict(float)
     for name, operands, part in ops:
         totals[part] += result_bytes[name] + sum(result_bytes.get(o, 0) for o in operands)
@@ -122,19 +128,27 @@ def device_for(chip: str):
     return topologies.get_topology_desc(topology_name=CHIPS[chip]["topology"], platform="tpu").devices[0]
 
 
-def cost_row(compiled, chip: str, images: int | None = None) -> dict:
+def cost_row(compiled, chip: str, images: int | None = None, hlo_text: str | None = None) -> dict:
+    """XLA's flops and bytes with the roofline they give; with ``hlo_text``, also the HBM bytes of
+    :func:`bytes_by_category` (XLA's count includes VMEM traffic, which v5e's 128 MiB VMEM makes
+    large) and the roofline from those, the one the tables use."""
     spec = CHIPS[chip]
     peak = spec["chip_bf16_tflops"] * 1e12 / spec["devices_per_chip"]
     bandwidth = spec["chip_hbm_gbs"] * 1e9 / spec["devices_per_chip"]
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-    roofline = max(flops / peak, moved / bandwidth)
-    row = {"flops": flops, "bytes_accessed": moved, "compute_s": flops / peak, "memory_s": moved / bandwidth,
-           "roofline_s": roofline, "bound": "memory" if moved / bandwidth > flops / peak else "compute",
-           "xla_optimal_seconds": cost.get("optimal_seconds")}
+    row = {"flops": flops, "xla_bytes_accessed": moved, "compute_s": flops / peak,
+           "xla_roofline_s": max(flops / peak, moved / bandwidth), "xla_optimal_seconds": cost.get("optimal_seconds")}
+    hbm = moved
+    if hlo_text is not None:
+        parts = bytes_by_category(hlo_text)
+        hbm = sum(parts.values())
+        row.update(hbm_bytes=hbm, hbm_bytes_by_part=parts)
+    roofline = max(flops / peak, hbm / bandwidth)
+    row.update(memory_s=hbm / bandwidth, roofline_s=roofline, bound="memory" if hbm / bandwidth > flops / peak else "compute")
     if images:
-        row.update(images_per_device=images, bytes_per_image=moved / images,
+        row.update(images_per_device=images, hbm_bytes_per_image=hbm / images,
                    roofline_img_s_per_chip=images / roofline * spec["devices_per_chip"],
                    mfu_bound=flops / peak / roofline)
     return row
@@ -149,19 +163,26 @@ def _keep_hlo(name: str, text: str) -> None:
         (HLO_DIR / f"{name}.hlo.txt").write_text(text)
 
 
-def train_step_vheat(chip: str, model: str, size: int, batch: int, hco_form: str) -> dict:
+def train_step_vheat(chip: str, model: str, size: int, batch: int, kron_max_tokens: int) -> dict:
+    """The trainer's step with ``"auto"`` HCO forms, the Kronecker form up to ``kron_max_tokens``
+    (the library's rule is ``heat.KRON_MAX_TOKENS``; other values are what-ifs)."""
     from vheat_jax.train.aot import compile_train_step  # pylint: disable=import-outside-toplevel
     from vheat_jax.train.config import default_config  # pylint: disable=import-outside-toplevel
 
     config = default_config()
     config.model.name, config.image_size, config.global_batch_size = model, size, batch
-    config.compute_dtype, config.model.hco_form = "bfloat16", hco_form
-    start = time.perf_counter()
-    compiled = compile_train_step(config, [device_for(chip)])
+    config.compute_dtype, config.model.hco_form = "bfloat16", "auto"
+    library_rule, heat.KRON_MAX_TOKENS = heat.KRON_MAX_TOKENS, kron_max_tokens  # read when the step is traced
+    try:
+        start = time.perf_counter()
+        compiled = compile_train_step(config, [device_for(chip)])
+    finally:
+        heat.KRON_MAX_TOKENS = library_rule
     text = compiled.as_text()
-    _keep_hlo(f"{chip}_{model}_{size}_{hco_form.replace(':', '_')}", text)
-    return {"chip": chip, "model": model, "size": size, "hco_form": hco_form, "compile_s": time.perf_counter() - start,
-            **cost_row(compiled, chip, batch), "bytes_by_part": bytes_by_category(text)}
+    _keep_hlo(f"{chip}_{model}_{size}_kron{kron_max_tokens}", text)
+    return {"chip": chip, "model": model, "size": size, "kron_max_tokens": kron_max_tokens,
+            "library_rule": kron_max_tokens == library_rule, "compile_s": time.perf_counter() - start,
+            **cost_row(compiled, chip, batch, text)}
 
 
 def train_step_vit(chip: str, size: int, batch: int) -> dict:
@@ -187,8 +208,7 @@ def train_step_vit(chip: str, size: int, batch: int) -> dict:
     compiled = jax.jit(step).lower(*place((params, opt_state, images, labels))).compile()
     text = compiled.as_text()
     _keep_hlo(f"{chip}_vit_s16_{size}", text)
-    return {"chip": chip, "model": "vit_s16", "size": size, **cost_row(compiled, chip, batch),
-            "bytes_by_part": bytes_by_category(text)}
+    return {"chip": chip, "model": "vit_s16", "size": size, **cost_row(compiled, chip, batch, text)}
 
 
 def _grouped_conv(x, kernel, bias):
@@ -211,7 +231,7 @@ def stage_form(chip: str, op: str, form: str, resolution: int, channels: int, ba
         args = (x, spec((3, 3, channels), jnp.bfloat16), spec((channels,), jnp.bfloat16))
     compiled = jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))).lower(*args).compile()
     return {"chip": chip, "op": op, "form": form, "resolution": resolution, "channels": channels, "batch": batch,
-            **cost_row(compiled, chip)}
+            **cost_row(compiled, chip, hlo_text=compiled.as_text())}
 
 
 def stage_forms(chip: str, batch: int) -> list[dict]:
@@ -260,8 +280,9 @@ def main() -> None:
     parser.add_argument("--stage-batch", type=int, default=64)
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "vit", "forms"])
     parser.add_argument("--out", help="also write the JSON here")
-    parser.add_argument("--forms", nargs="+", default=["auto:cpu", "auto:tpu"],
-                        help="HCO forms of the train steps (default: the CPU's choice and the TPU's)")
+    parser.add_argument("--kron-max-tokens", type=int, nargs="+", default=[heat.KRON_MAX_TOKENS, 28 * 28],
+                        help="train-step variants: the Kronecker HCO form up to this many tokens (default: the "
+                             "library's rule and the per-stage winner's)")
     parser.add_argument("--hlo-dir", type=Path, help="keep each step's optimized HLO text here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,17 +310,17 @@ def main() -> None:
                 row["model_over_published"] = [row["roofline_img_s_per_chip"] / high,
                                                row["roofline_img_s_per_chip"] / low]
             report["vit_calibration"].append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "bytes_by_part"}), file=sys.stderr, flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "hbm_bytes_by_part"}), file=sys.stderr, flush=True)
     if "train" not in args.skip:
         report["train_step"] = []
         for chip in args.chips:
             for item in args.models:
                 model, size = item.split("@")
                 batch = args.batch if int(size) <= 224 else max(1, args.batch // 4)
-                for form in args.forms:
-                    row = train_step_vheat(chip, model, int(size), batch, form)
+                for kron_max_tokens in args.kron_max_tokens:
+                    row = train_step_vheat(chip, model, int(size), batch, kron_max_tokens)
                     report["train_step"].append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "bytes_by_part"}), file=sys.stderr,
+                    print(json.dumps({k: v for k, v in row.items() if k != "hbm_bytes_by_part"}), file=sys.stderr,
                           flush=True)
     text = json.dumps(report, indent=1)
     print(text)

@@ -111,34 +111,28 @@ HCO_FORMS = {
     "kron": _diffuse_kron,
     "fft": _diffuse_fft,
 }
-# Largest token count at which "auto" uses the Kronecker form, per backend; above it the
-# channel-major form. CPU: bench/hco.py's timings. TPU: bench/tpu_cost.py's cost model
-# (docs/tpu_cost.md): every form is memory-bound there, and the one (HW, HW) matmul of the
-# Kronecker form moves 2.4-3x fewer bytes than the two separable passes at 14x14 and 28x28, and
-# more at 56x56 (its basis alone is 20 MB in bf16). GPU: not measured yet, so the CPU rule.
-KRON_MAX_TOKENS = {"cpu": 64, "tpu": 28 * 28}
+# Largest token count at which the Kronecker form is used by "auto": bench/hco.py's CPU timings.
+# The TPU compiler's cost model agrees for whole train steps (bench/tpu_cost.py,
+# docs/tpu_cost.md): alone, the Kronecker form moves 2.4-2.8x fewer bytes at 14x14 and 28x28,
+# but inside the step its (B, HW, C) layout costs more copies around the LayerNorm than it saves.
+KRON_MAX_TOKENS = 64
 
 
-def select_form(height: int, width: int, platform: str | None = None) -> str:
-    """The form ``"auto"`` uses for an (height, width) map on ``platform`` (default: JAX's backend)."""
-    platform = platform or jax.default_backend()
-    limit = KRON_MAX_TOKENS.get(platform, KRON_MAX_TOKENS["cpu"])
-    return "kron" if height * width <= limit else "channel_major"
+def select_form(height: int, width: int) -> str:
+    """The form ``"auto"`` uses for an (height, width) map, from bench/hco.py's measurements."""
+    return "kron" if height * width <= KRON_MAX_TOKENS else "channel_major"
 
 
 def heat_diffuse(x: jax.Array, decay: jax.Array, form: str = "auto") -> jax.Array:
     """IDCT(DCT(x) * decay) over H, W of an NHWC array; ``decay`` is (H, W, C).
 
     All forms compute the same linear map (equal within float32 rounding); they
-    differ in how the contraction is laid out, and the fastest depends on shape and
-    backend. ``"auto"`` picks for the backend running the program, ``"auto:tpu"``
-    (``"auto:cpu"``, ...) for a named one, as ahead-of-time compilation for a TPU on
-    another machine needs.
+    differ in how the contraction is laid out, and the fastest depends on shape.
     """
-    if form == "auto" or form.startswith("auto:"):
-        form = select_form(x.shape[1], x.shape[2], form.partition(":")[2] or None)
+    if form == "auto":
+        form = select_form(x.shape[1], x.shape[2])
     if form not in HCO_FORMS:
-        raise ValueError(f"unknown HCO form {form!r}; choose 'auto', 'auto:<platform>' or one of {sorted(HCO_FORMS)}")
+        raise ValueError(f"unknown HCO form {form!r}; choose 'auto' or one of {sorted(HCO_FORMS)}")
     return HCO_FORMS[form](x, decay.astype(x.dtype))
 
 

@@ -38,8 +38,6 @@ def compile_train_step(config, devices, *, steps: int = 1000):
 def compile_for_topology(config, topology: str, *, steps: int = 1000) -> dict[str, Any]:
     """Compiles ``config``'s train step for ``topology`` (e.g. ``"v5e:16x16"``); returns memory and cost."""
     devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
-    if config.model.get("hco_form", "auto") == "auto":
-        config.model.hco_form = "auto:tpu"  # the forms the TPU would pick, not this machine's backend
     compiled = compile_train_step(config, devices, steps=steps)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
