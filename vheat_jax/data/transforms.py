@@ -8,11 +8,11 @@ Training (``TrainTransform``, host side, uint8 throughout):
   -> the RandomErasing(p=0.25, 'pixel') box.  ToTensor + Normalize, the erasing
   itself and mixup happen on the device (:mod:`vheat_jax.data.on_device`).
   With ``aug.scaled_decode`` (default on) a JPEG's crop box is drawn on the
-  full-size image first, then the decoder scales by M/8 in the DCT domain to
-  the smallest size at which the crop is still at least S x S (libjpeg-turbo
+  full-size image first, then the decoder scales by 1/2, 1/4 or 1/8 in the DCT
+  domain, the smallest at which the crop is still at least S x S (libjpeg-turbo
   through ``simplejpeg``), and the crop is resized from there: less decoding,
   a slightly different resampling (PSNR in docs/input_pipeline.md).  Crops
-  too small to allow any scaling are decoded at full size, exactly as before.
+  too small for half size are decoded at full size, exactly as before.
 Evaluation (``EvalTransform``):
   decode -> resize short side to int(S / crop_pct) (bicubic) -> center crop S
   -> normalize.
@@ -120,15 +120,20 @@ def is_jpeg(data: Any) -> bool:
 def scaled_decode_crop(data: bytes, size: int, rng: np.random.Generator) -> Image.Image:
     """``random_resized_crop(decode_image(data), size, rng)`` for a JPEG, decoding only as
     many pixels as the crop needs: the box is drawn on the full-size image (same draws),
-    the decoder scales by the smallest M/8 that keeps the box at least ``size`` on both
-    sides, and the box is resized from the scaled image.  May raise."""
+    the decoder scales by the smallest of 1/8, 1/4, 1/2 that keeps the box at least
+    ``size`` on both sides (else decodes at full size), and the box is resized from the
+    scaled image.  May raise."""
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     i, j, h, w = rrc_params(width, height, rng)
+    # Only the power-of-two scales: libjpeg-turbo has SIMD inverse DCTs for those alone, and
+    # its 3/8 .. 7/8 scales decode slower than full size (7/8: about twice the time) and
+    # lose the most PSNR (docs/input_pipeline.md).
+    scale = next((f for f in (0.125, 0.25, 0.5) if f * min(h, w) >= size), 1.0)
     pixels = None
     if colorspace not in ("CMYK", "YCCK"):  # PIL's RGB of those (Adobe's inverted CMYK) is the reference
         try:
-            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=math.ceil(size * height / h),
-                                            min_width=math.ceil(size * width / w))
+            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=math.ceil(height * scale),
+                                            min_width=math.ceil(width * scale))
         except ValueError:  # whatever libjpeg-turbo refuses, PIL decodes (or rejects) in full below
             pass
     if pixels is None:
