@@ -3,6 +3,7 @@
 
     pip install -e ".[tpu-aot]"
     python bench/tpu_cost.py --out docs/tpu_cost.json
+    python bench/tpu_cost.py --tables docs/tpu_cost.json   # the tables of docs/tpu_cost.md
 
 For each chip (v3, v4, v5e) the program is compiled for *one* of its devices (libtpu's
 topologies list v3 and v4 TensorCores, two per chip, and v5e chips): the trainer's train step
@@ -11,9 +12,11 @@ the same kind of step for the ViT-S/16 baseline of ``bench/scaling.py`` (whose r
 is published, to calibrate), and the HCO and depthwise-conv forms, forward + backward, at the
 vHeat-T stage shapes. From each compiled program: XLA's ``flops`` and ``bytes accessed``; from
 the optimized HLO, the HBM bytes each top-level operation moves (operands + result, arrays the
-compiler placed in VMEM left out), grouped by the part of the model its ``op_name`` names; and a
-roofline time ``max(flops / peak, HBM bytes / HBM bandwidth)`` from the published per-chip
-peaks. (XLA's ``bytes accessed`` also counts VMEM traffic: on v5e it is twice the HBM bytes.)
+compiler placed in on-chip memory left out), grouped by the part of the model its ``op_name``
+names; and a roofline time ``max(flops / peak, HBM bytes / HBM bandwidth)`` from the published
+per-chip peaks. (XLA's ``bytes accessed`` also counts on-chip traffic: on v5e it is more than
+twice the HBM bytes.)  With ``--hlo-dir`` every program's HLO is kept, and ``--reread`` recomputes
+a report's HLO-derived figures from it without compiling again.
 
 **This is a model of the chip, not a measurement.** XLA's byte count includes operand
 re-reads of its tiling, and a real step also pays for what the model ignores (latency,
@@ -59,18 +62,22 @@ STAGES_T = ((56, 96), (28, 192), (14, 384), (7, 768))  # vHeat-T at 224: (resolu
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-# An array shape with its layout: f32[64,56,56,96]{3,2,1,0:T(8,128)S(1)}; S(1) is VMEM, not HBM.
+# An array shape with its layout: f32[64,56,56,96]{3,2,1,0:T(8,128)S(1)}. A layout without S(n) is
+# in HBM (memory space 0); S(1) is VMEM and S(2) SMEM (openxla.org/xla/shapes), and S(3), which
+# only v4's programs use, as the destination of the compiler's prefetches, is taken to be v4's
+# on-chip CMEM (the public docs do not name it).
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\](\{[^}]*\})?")
+_ON_CHIP = re.compile(r"S\([1-9]\d*\)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call",
                "after-all", "partition-id", "replica-id"}
 
 
 def hbm_bytes(shape_text: str) -> int:
-    """Bytes of the HBM-resident arrays in an HLO shape (tuples summed; VMEM arrays skipped)."""
+    """Bytes of the HBM-resident arrays in an HLO shape (tuples summed; on-chip arrays skipped)."""
     total = 0
     for dtype, dims, layout in _ARRAY.findall(shape_text):
-        if "S(1)" not in (layout or ""):
+        if not _ON_CHIP.search(layout or ""):
             total += _DTYPE_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
     return total
 
@@ -128,39 +135,60 @@ def device_for(chip: str):
     return topologies.get_topology_desc(topology_name=CHIPS[chip]["topology"], platform="tpu").devices[0]
 
 
-def cost_row(compiled, chip: str, images: int | None = None, hlo_text: str | None = None) -> dict:
-    """XLA's flops and bytes with the roofline they give; with ``hlo_text``, also the HBM bytes of
-    :func:`bytes_by_category` (XLA's count includes VMEM traffic, which v5e's 128 MiB VMEM makes
-    large) and the roofline from those, the one the tables use."""
+def _peaks(chip: str) -> tuple[float, float]:
+    """bf16 flop/s and HBM bytes/s of one device of ``chip``."""
     spec = CHIPS[chip]
-    peak = spec["chip_bf16_tflops"] * 1e12 / spec["devices_per_chip"]
-    bandwidth = spec["chip_hbm_gbs"] * 1e9 / spec["devices_per_chip"]
+    return (spec["chip_bf16_tflops"] * 1e12 / spec["devices_per_chip"],
+            spec["chip_hbm_gbs"] * 1e9 / spec["devices_per_chip"])
+
+
+def hbm_roofline(row: dict, hlo_text: str) -> dict:
+    """The HBM bytes of :func:`bytes_by_category` for a row with XLA's ``flops``, and the roofline
+    from them, the one the tables use (``images_per_device`` in the row adds per-image figures)."""
+    peak, bandwidth = _peaks(row["chip"])
+    parts = bytes_by_category(hlo_text)
+    hbm, flops = sum(parts.values()), row["flops"]
+    roofline = max(flops / peak, hbm / bandwidth)
+    out = {"hbm_bytes": hbm, "hbm_bytes_by_part": parts, "memory_s": hbm / bandwidth, "roofline_s": roofline,
+           "bound": "memory" if hbm / bandwidth > flops / peak else "compute"}
+    if row.get("images_per_device"):
+        images = row["images_per_device"]
+        out.update(hbm_bytes_per_image=hbm / images, mfu_bound=flops / peak / roofline,
+                   roofline_img_s_per_chip=images / roofline * CHIPS[row["chip"]]["devices_per_chip"])
+    return out
+
+
+HLO_DIR: Path | None = None  # --hlo-dir: where the optimized HLO of each program is kept, for --reread
+
+
+def cost_row(compiled, chip: str, hlo_name: str, images: int | None = None) -> dict:
+    """XLA's flops and bytes with the roofline they give, then :func:`hbm_roofline` of the HLO
+    (kept as ``hlo_name`` under ``--hlo-dir``)."""
+    peak, bandwidth = _peaks(chip)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-    row = {"flops": flops, "xla_bytes_accessed": moved, "compute_s": flops / peak,
+    row = {"chip": chip, "hlo": hlo_name, "flops": flops, "xla_bytes_accessed": moved, "compute_s": flops / peak,
            "xla_roofline_s": max(flops / peak, moved / bandwidth), "xla_optimal_seconds": cost.get("optimal_seconds")}
-    hbm = moved
-    if hlo_text is not None:
-        parts = bytes_by_category(hlo_text)
-        hbm = sum(parts.values())
-        row.update(hbm_bytes=hbm, hbm_bytes_by_part=parts)
-    roofline = max(flops / peak, hbm / bandwidth)
-    row.update(memory_s=hbm / bandwidth, roofline_s=roofline, bound="memory" if hbm / bandwidth > flops / peak else "compute")
     if images:
-        row.update(images_per_device=images, hbm_bytes_per_image=hbm / images,
-                   roofline_img_s_per_chip=images / roofline * spec["devices_per_chip"],
-                   mfu_bound=flops / peak / roofline)
-    return row
-
-
-HLO_DIR: Path | None = None  # --hlo-dir: where the optimized HLO of each step is kept, for re-reading
-
-
-def _keep_hlo(name: str, text: str) -> None:
+        row["images_per_device"] = images
+    text = compiled.as_text()
     if HLO_DIR is not None:
         HLO_DIR.mkdir(parents=True, exist_ok=True)
-        (HLO_DIR / f"{name}.hlo.txt").write_text(text)
+        (HLO_DIR / f"{hlo_name}.hlo.txt").write_text(text)
+    return {**row, **hbm_roofline(row, text)}
+
+
+def reread(report: dict, hlo_dir: Path) -> dict:
+    """``report`` with every row's HLO-derived figures recomputed from ``hlo_dir`` (after a change
+    to how the HLO is read), and the form choice from them."""
+    for key in ("train_step", "vit_calibration", "stage_forms"):
+        for row in report.get(key, []):
+            if "hlo" in row:
+                row.update(hbm_roofline(row, (hlo_dir / f"{row['hlo']}.hlo.txt").read_text()))
+    if "stage_forms" in report:
+        report["form_choice"] = choose_forms(report["stage_forms"])
+    return report
 
 
 def train_step_vheat(chip: str, model: str, size: int, batch: int, kron_max_tokens: int) -> dict:
@@ -178,11 +206,9 @@ def train_step_vheat(chip: str, model: str, size: int, batch: int, kron_max_toke
         compiled = compile_train_step(config, [device_for(chip)])
     finally:
         heat.KRON_MAX_TOKENS = library_rule
-    text = compiled.as_text()
-    _keep_hlo(f"{chip}_{model}_{size}_kron{kron_max_tokens}", text)
-    return {"chip": chip, "model": model, "size": size, "kron_max_tokens": kron_max_tokens,
+    return {"model": model, "size": size, "kron_max_tokens": kron_max_tokens,
             "library_rule": kron_max_tokens == library_rule, "compile_s": time.perf_counter() - start,
-            **cost_row(compiled, chip, batch, text)}
+            **cost_row(compiled, chip, f"{chip}_{model}_{size}_kron{kron_max_tokens}", batch)}
 
 
 def train_step_vit(chip: str, size: int, batch: int) -> dict:
@@ -206,9 +232,7 @@ def train_step_vit(chip: str, size: int, batch: int) -> dict:
     sharding = jax.sharding.SingleDeviceSharding(device_for(chip))
     place = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)  # noqa: E731
     compiled = jax.jit(step).lower(*place((params, opt_state, images, labels))).compile()
-    text = compiled.as_text()
-    _keep_hlo(f"{chip}_vit_s16_{size}", text)
-    return {"chip": chip, "model": "vit_s16", "size": size, **cost_row(compiled, chip, batch, text)}
+    return {"model": "vit_s16", "size": size, **cost_row(compiled, chip, f"{chip}_vit_s16_{size}", batch)}
 
 
 def _grouped_conv(x, kernel, bias):
@@ -230,8 +254,8 @@ def stage_form(chip: str, op: str, form: str, resolution: int, channels: int, ba
         loss = lambda x, k, b: jnp.sum(fn(x, k, b).astype(jnp.float32) ** 2)  # noqa: E731
         args = (x, spec((3, 3, channels), jnp.bfloat16), spec((channels,), jnp.bfloat16))
     compiled = jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))).lower(*args).compile()
-    return {"chip": chip, "op": op, "form": form, "resolution": resolution, "channels": channels, "batch": batch,
-            **cost_row(compiled, chip, hlo_text=compiled.as_text())}
+    return {"op": op, "form": form, "resolution": resolution, "channels": channels, "batch": batch,
+            **cost_row(compiled, chip, f"{chip}_{op}_{form}_{resolution}")}
 
 
 def stage_forms(chip: str, batch: int) -> list[dict]:
@@ -243,7 +267,8 @@ def stage_forms(chip: str, batch: int) -> list[dict]:
         candidates = [("hco", f) for f in HCO_FORMS if f != "kron" or resolution * resolution <= 28 * 28]
         for op, form in candidates + [("dwconv", "shifted"), ("dwconv", "grouped_conv")]:
             spec = dict(chip=chip, op=op, form=form, resolution=resolution, channels=channels, batch=batch)
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+            keep = ["--hlo-dir", str(HLO_DIR)] if HLO_DIR is not None else []
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec), *keep], capture_output=True,
                                   text=True, check=False, timeout=1200)
             if proc.returncode == 0:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -271,6 +296,53 @@ def choose_forms(rows: list[dict]) -> dict:
     return dict(out)
 
 
+def _table(header: list[str], rows: list[list]) -> str:
+    fmt = lambda v: (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}") if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows])
+
+
+def _compiler_words(line: str) -> str:
+    """A libtpu log line without its severity, time and thread: 'fusion_emitter.cc:4581] Check failed: ...'."""
+    return re.sub(r"^[FEWI]\d{4} [\d:.]+\s+\d+\s+", "", line)[:90]
+
+
+def markdown_tables(reports: list[dict]) -> str:
+    """The docs' tables from one or more reports of this script (``--tables``)."""
+    steps = [r for report in reports for r in report.get("train_step", [])]
+    vit = [r for report in reports for r in report.get("vit_calibration", [])]
+    forms = [r for report in reports for r in report.get("stage_forms", [])]
+    choice = {chip: c for report in reports for chip, c in report.get("form_choice", {}).items()}
+    out = ["### Train steps (per chip, bf16, library rule unless marked)", _table(
+        ["chip", "model", "Kronecker up to", "GFLOP/img", "HBM MB/img", "XLA MB/img", "compute ms", "HBM ms",
+         "roofline img/s/chip", "MFU bound"],
+        [[r["chip"], f"{r['model']}@{r['size']}", r["kron_max_tokens"], r["flops"] / r["images_per_device"] / 1e9,
+          r["hbm_bytes_per_image"] / 1e6, r["xla_bytes_accessed"] / r["images_per_device"] / 1e6,
+          r["compute_s"] * 1e3, r["memory_s"] * 1e3, r["roofline_img_s_per_chip"], r["mfu_bound"]] for r in steps])]
+    out += ["### ViT-S/16 calibration (same kind of step)", _table(
+        ["chip", "GFLOP/img", "HBM MB/img", "roofline img/s/chip", "published img/s/chip", "model / published"],
+        [[r["chip"], r["flops"] / r["images_per_device"] / 1e9, r["hbm_bytes_per_image"] / 1e6,
+          r["roofline_img_s_per_chip"], "-".join(f"{v:.0f}" for v in r.get("published_img_s_per_chip", [])) or "-",
+          "-".join(f"{v:.2f}" for v in r.get("model_over_published", [])) or "-"] for r in vit])]
+    library = [r for r in steps if r["library_rule"]]
+    parts = sorted({p for r in library for p in r["hbm_bytes_by_part"]},
+                   key=lambda p: -max(r["hbm_bytes_by_part"].get(p, 0) / r["hbm_bytes"] for r in library))
+    out += ["### HBM bytes by part of the step (share of the step's HBM bytes)", _table(
+        ["part"] + [f"{r['chip']} {r['model']}@{r['size']}" for r in library],
+        [[p] + [f"{r['hbm_bytes_by_part'].get(p, 0) / r['hbm_bytes']:.0%}" for r in library] for p in parts])]
+    out += ["### Forms per stage (vHeat-T shapes, forward + backward, bf16)", _table(
+        ["chip", "op", "stage", "form", "HBM MB", "roofline us"],
+        [[r["chip"], r["op"], f"{r['resolution']}x{r['resolution']}x{r['channels']}", r["form"],
+          r["hbm_bytes"] / 1e6 if "hbm_bytes" in r else "-",
+          r["roofline_s"] * 1e6 if "roofline_s" in r else "compiler abort: " + _compiler_words(r["compiler_error"])]
+         for r in forms])]
+    out += ["### Form chosen per stage by the model", _table(
+        ["chip", "stage", "model's pick", "CPU rule", "modelled gain (per op)"],
+        [[chip, stage, c["form"], c["cpu_form"], c["modelled_gain"]] for chip, picks in choice.items()
+         for stage, c in picks.items()])]
+    return "\n\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chips", nargs="+", default=["v4", "v5e"], choices=sorted(CHIPS))
@@ -283,9 +355,23 @@ def main() -> None:
     parser.add_argument("--kron-max-tokens", type=int, nargs="+", default=[heat.KRON_MAX_TOKENS, 28 * 28],
                         help="train-step variants: the Kronecker HCO form up to this many tokens (default: the "
                              "library's rule and the per-stage winner's)")
-    parser.add_argument("--hlo-dir", type=Path, help="keep each step's optimized HLO text here")
+    parser.add_argument("--hlo-dir", type=Path, help="keep each program's optimized HLO text here")
+    parser.add_argument("--tables", nargs="+", type=Path, metavar="JSON",
+                        help="print the docs' markdown tables from these reports and exit")
+    parser.add_argument("--reread", nargs="+", type=Path, metavar="JSON",
+                        help="recompute these reports' HLO-derived figures from --hlo-dir; write them to --out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tables or args.reread:
+        loaded = [json.loads(path.read_text()) for path in args.tables or args.reread]  # a report, or a list
+        reports = [r for item in loaded for r in (item if isinstance(item, list) else [item])]
+        if args.tables:
+            print(markdown_tables(reports))
+        elif args.hlo_dir is None or args.out is None:
+            parser.error("--reread needs --hlo-dir (where the HLO was kept) and --out")
+        else:
+            Path(args.out).write_text(json.dumps([reread(r, args.hlo_dir) for r in reports], indent=1) + "\n")
+        return
     global HLO_DIR  # pylint: disable=global-statement
     HLO_DIR = args.hlo_dir
     if args.child:

@@ -112,9 +112,9 @@ HCO_FORMS = {
     "fft": _diffuse_fft,
 }
 # Largest token count at which the Kronecker form is used by "auto": bench/hco.py's CPU timings.
-# The TPU compiler's cost model agrees for whole train steps (bench/tpu_cost.py,
-# docs/tpu_cost.md): alone, the Kronecker form moves 2.4-2.8x fewer bytes at 14x14 and 28x28,
-# but inside the step its (B, HW, C) layout costs more copies around the LayerNorm than it saves.
+# The TPU compiler's cost model picks the same forms on v4 and v5e (bench/tpu_cost.py,
+# docs/tpu_cost.md): per op the Kronecker form at most ties above 7x7 (at 28x28 its matrices
+# make it compute-bound), and up to 28x28 inside a train step it moves more bytes per image.
 KRON_MAX_TOKENS = 64
 
 
