@@ -138,10 +138,18 @@ def scaled_decode_crop(data: bytes, size: int, rng: np.random.Generator) -> Imag
             pass
     if pixels is None:
         pixels = np.asarray(decode_image(data))
+    return resize_box(pixels, (height, width), (i, j, h, w), size)
+
+
+def resize_box(pixels: np.ndarray, full_hw: tuple[int, int], box: tuple[int, int, int, int], size: int) -> Image.Image:
+    """The (top, left, height, width) ``box`` of a ``full_hw`` image, resized (bicubic) to size x size
+    from ``pixels``, that image decoded at full size (crop, then resize: torchvision's result)
+    or at a DCT scale (the box scaled with it)."""
+    i, j, h, w = box
     img = Image.fromarray(pixels)
-    if pixels.shape[:2] == (height, width):
+    if pixels.shape[:2] == tuple(full_hw):
         return img.crop((j, i, j + w, i + h)).resize((size, size), BICUBIC)
-    sy, sx = pixels.shape[0] / height, pixels.shape[1] / width
+    sy, sx = pixels.shape[0] / full_hw[0], pixels.shape[1] / full_hw[1]
     return img.resize((size, size), BICUBIC, box=(j * sx, i * sy, (j + w) * sx, (i + h) * sy))
 
 
