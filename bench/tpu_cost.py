@@ -183,9 +183,11 @@ def reread(report: dict, hlo_dir: Path) -> dict:
     """``report`` with every row's HLO-derived figures recomputed from ``hlo_dir`` (after a change
     to how the HLO is read), and the form choice from them."""
     for key in ("train_step", "vit_calibration", "stage_forms"):
-        for row in report.get(key, []):
-            if "hlo" in row:
-                row.update(hbm_roofline(row, (hlo_dir / f"{row['hlo']}.hlo.txt").read_text()))
+        for row in (r for r in report.get(key, []) if "flops" in r):  # rows without are compiler aborts
+            if "hlo" not in row:
+                raise ValueError(f"a {key} row for {row['chip']} names no kept HLO (a run without --hlo-dir "
+                                 "names none): compile it again with --hlo-dir")
+            row.update(hbm_roofline(row, (hlo_dir / f"{row['hlo']}.hlo.txt").read_text()))
     if "stage_forms" in report:
         report["form_choice"] = choose_forms(report["stage_forms"])
     return report
@@ -363,14 +365,17 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tables or args.reread:
-        loaded = [json.loads(path.read_text()) for path in args.tables or args.reread]  # a report, or a list
-        reports = [r for item in loaded for r in (item if isinstance(item, list) else [item])]
-        if args.tables:
-            print(markdown_tables(reports))
-        elif args.hlo_dir is None or args.out is None:
+        if args.reread and (args.hlo_dir is None or args.out is None):
             parser.error("--reread needs --hlo-dir (where the HLO was kept) and --out")
-        else:
-            Path(args.out).write_text(json.dumps([reread(r, args.hlo_dir) for r in reports], indent=1) + "\n")
+        try:
+            loaded = [json.loads(path.read_text()) for path in args.tables or args.reread]  # a report, or a list
+            reports = [r for item in loaded for r in (item if isinstance(item, list) else [item])]
+            if args.tables:
+                print(markdown_tables(reports))
+            else:
+                Path(args.out).write_text(json.dumps([reread(r, args.hlo_dir) for r in reports], indent=1) + "\n")
+        except (OSError, ValueError, KeyError) as error:  # a missing file, bad JSON, not this script's report
+            parser.error(f"{type(error).__name__}: {error}")
         return
     global HLO_DIR  # pylint: disable=global-statement
     HLO_DIR = args.hlo_dir

@@ -6,6 +6,8 @@ VMEM buffers marked S(1), fusion bodies as separate computations.
 
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -53,6 +55,10 @@ def test_reread_recomputes_the_roofline_from_kept_hlo(tmp_path):
     assert row["memory_s"] == hbm / 600e9  # a v4 chip's 1200 GB/s over its two devices
     assert row["bound"] == "memory" and row["roofline_s"] == row["memory_s"]
     assert row["roofline_img_s_per_chip"] == 64 / row["roofline_s"] * 2
+    aborted = {"chip": "v4", "compiler_error": "Check failed"}
+    tpu_cost.reread({"stage_forms": [aborted]}, tmp_path)  # nothing to recompute
+    with pytest.raises(ValueError, match="names no kept HLO"):
+        tpu_cost.reread({"train_step": [{"chip": "v4", "flops": 1.0e9}]}, tmp_path)
 
 
 def test_category_names_the_part_of_the_model():
