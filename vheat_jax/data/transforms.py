@@ -126,8 +126,8 @@ def scaled_decode_crop(data: bytes, size: int, rng: np.random.Generator) -> Imag
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     i, j, h, w = rrc_params(width, height, rng)
     # Only the power-of-two scales: libjpeg-turbo has SIMD inverse DCTs for those alone, and
-    # its 3/8 .. 7/8 scales decode slower than full size (7/8: about twice the time) and
-    # lose the most PSNR (docs/input_pipeline.md).
+    # its 5/8 .. 7/8 scales decode slower than full size (7/8: twice the time), 3/8 slower
+    # than 1/2, and they lose the most PSNR (bench/jpeg_scales.py, docs/input_pipeline.md).
     scale = next((f for f in (0.125, 0.25, 0.5) if f * min(h, w) >= size), 1.0)
     pixels = None
     if colorspace not in ("CMYK", "YCCK"):  # PIL's RGB of those (Adobe's inverted CMYK) is the reference
