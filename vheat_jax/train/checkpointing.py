@@ -140,9 +140,10 @@ def _drop_closed_loop_callbacks() -> None:
 
 
 def _drop_orbax_task_aftermath(record: logging.LogRecord) -> bool:
-    """asyncio's "Task exception was never retrieved" for the writer tasks of a failed Orbax save (one per
-    array, each with a traceback): the failure is reported once, by the run."""
-    return not (record.getMessage().startswith("Task exception was never retrieved") and "orbax" in record.getMessage())
+    """asyncio's "Task (or _GatheringFuture, ...) exception was never retrieved" for the writer tasks of a
+    failed Orbax save (one per array, each with a traceback): the failure is reported once, by the run."""
+    message = record.getMessage()
+    return not (message.split("\n", 1)[0].endswith("exception was never retrieved") and "orbax" in message)
 
 
 def _first_line(err: BaseException) -> str:
