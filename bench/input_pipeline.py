@@ -23,6 +23,7 @@ rounds, so a noisy neighbour hits them alike; ranges are over the rounds. The ch
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import os
@@ -144,6 +145,23 @@ def _per_image_ms(fn, items) -> tuple[float, list]:
     return (time.perf_counter() - start) / len(items) * 1e3, out
 
 
+def _randaugment_op_ms(randaug, images, passes: int = 3) -> dict:
+    """Each RandAugment op applied to every image (probability 1, the recipe's magnitude and
+    noise; the fastest of ``passes``), and what the recipe spends per image on average: each of
+    its ``num_layers`` draws picks one op uniformly and applies it with that op's probability."""
+    ms = {}
+    for op in randaug.ops:
+        always = copy.copy(op)
+        always.prob = 1.0
+        ms[f"randaugment_op {op.name}"] = min(
+            _per_image_ms(lambda a, always=always: always(a[0], a[1]),
+                          [(im, np.random.default_rng(k)) for k, im in enumerate(images)])[0]
+            for _ in range(passes))
+    ms["randaugment_expected_from_ops"] = sum(
+        cost * op.prob * randaug.num_layers / len(randaug.ops) for op, cost in zip(randaug.ops, ms.values()))
+    return ms
+
+
 def _profile_stages(spec: dict) -> dict:
     """Per-image milliseconds of each stage, run one after another over the same images."""
     import jax  # pylint: disable=import-outside-toplevel
@@ -169,6 +187,7 @@ def _profile_stages(spec: dict) -> dict:
     ms["randaugment"], augmented = _per_image_ms(lambda a: transform.randaug(a[0], a[1]),
                                                  list(zip(flipped, rngs())))
     ms["to_uint8_array"], arrays = _per_image_ms(lambda im: np.asarray(im, np.uint8), augmented)
+    ms.update(_randaugment_op_ms(transform.randaug, flipped))
     ms["erasing_box"], boxes = _per_image_ms(lambda r: T.random_erasing_box(size, size, r), rngs())
     examples = [{"image": a, "label": np.int32(k % 1000), "valid": np.float32(1), "erase_box": b,
                  "erase_seed": np.uint32(k)} for k, (a, b) in enumerate(zip(arrays, boxes))]

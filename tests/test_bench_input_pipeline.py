@@ -30,3 +30,6 @@ def test_input_pipeline_bench_runs_and_reports_every_part(tmp_path):
     stages = report["stage_ms_per_image_one_core"]
     assert {"decode_full", "randaugment", "transfer_uint8", "removed_host_normalize_float32"} <= set(stages)
     assert all(ms >= 0 for ms in stages.values())
+    op_names = {name.split(" ", 1)[1] for name in stages if name.startswith("randaugment_op ")}
+    assert len(op_names) == 15 and {"Rotate", "ShearX", "Equalize", "SharpnessIncreasing"} <= op_names
+    assert 0 < stages["randaugment_expected_from_ops"] < max(stages[f"randaugment_op {n}"] for n in op_names)

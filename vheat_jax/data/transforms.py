@@ -146,9 +146,11 @@ def resize_box(pixels: np.ndarray, full_hw: tuple[int, int], box: tuple[int, int
     from ``pixels``, that image decoded at full size (crop, then resize: torchvision's result)
     or at a DCT scale (the box scaled with it)."""
     i, j, h, w = box
-    img = Image.fromarray(pixels)
     if pixels.shape[:2] == tuple(full_hw):
-        return img.crop((j, i, j + w, i + h)).resize((size, size), BICUBIC)
+        # Cropped in numpy before PIL sees it: only the box is converted to PIL's 4-byte pixels.
+        crop = Image.fromarray(np.ascontiguousarray(pixels[i: i + h, j: j + w]))
+        return crop.resize((size, size), BICUBIC)
+    img = Image.fromarray(pixels)
     sy, sx = pixels.shape[0] / full_hw[0], pixels.shape[1] / full_hw[1]
     return img.resize((size, size), BICUBIC, box=(j * sx, i * sy, (j + w) * sx, (i + h) * sy))
 
