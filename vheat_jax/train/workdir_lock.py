@@ -94,40 +94,56 @@ class _Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _read(self) -> dict | None:
+    def _read_text(self) -> str | None:
+        """The lease as stored, or None when there is none.
+
+        A read that overlaps the holder's rewrite can come back torn (the client sizes the
+        object, then fetches its bytes), so the text is compared, never trusted to parse.
+        """
         try:
-            return json.loads(self._path.read_text())
-        except (FileNotFoundError, ValueError):
+            return self._path.read_text()
+        except FileNotFoundError:
             return None
+
+    @staticmethod
+    def _parse(text: str | None) -> dict:
+        try:
+            parsed = json.loads(text or "{}")
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
 
     def _write(self) -> None:
         self._path.write_text(json.dumps({**self._owner, "heartbeat": time.time()}))
 
-    def _wait_for_holder(self, holder: dict) -> None:
-        """Returns once ``holder`` has not refreshed its lease for ``lease_s``; raises if it does refresh it.
+    def _wait_for_holder(self, seen: str) -> None:
+        """Returns once the lease has stayed ``seen`` for ``lease_s``; raises if it changes (its holder is alive).
 
-        Judged by whether the lease changes, not by its timestamp, so clocks of other hosts do not matter.
+        Judged by whether the stored text changes, not by its timestamp, so clocks of other hosts do not
+        matter, and a torn read counts as a change: it happens only while someone rewrites the lease.
         """
+        holder = self._parse(seen)
         logging.warning("%s is held by %s; watching it for up to %.0f s (a live run refreshes it every %.1f s)",
                         self._path, _describe(holder), self._lease_s, self._heartbeat_s)
         deadline = time.monotonic() + self._lease_s
         while time.monotonic() < deadline:
             time.sleep(min(self._heartbeat_s / 2, max(0.0, deadline - time.monotonic())))
-            now = self._read()
+            now = self._read_text()
             if now is None:
                 return  # released
-            if now != holder:
-                raise WorkdirLockedError(str(self._path), _describe(now))
+            if now != seen:
+                raise WorkdirLockedError(str(self._path), _describe(self._parse(now) or holder))
         logging.warning("taking over the lease %s: its holder (%s) stopped refreshing it", self._path,
                         _describe(holder))
 
     def acquire(self) -> None:
-        holder = self._read()
-        if holder is not None:
-            self._wait_for_holder(holder)
+        seen = self._read_text()
+        if seen is not None:
+            self._wait_for_holder(seen)
         self._write()
-        if (self._read() or {}).get("run") != self._owner["run"]:  # another run wrote in between
-            raise WorkdirLockedError(str(self._path), _describe(self._read() or {}))
+        stored = self._parse(self._read_text())
+        if stored.get("run") != self._owner["run"]:  # another run wrote in between
+            raise WorkdirLockedError(str(self._path), _describe(stored))
         self._thread = threading.Thread(target=self._refresh, name="vheat-workdir-lease", daemon=True)
         self._thread.start()
 
@@ -143,7 +159,7 @@ class _Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            if (self._read() or {}).get("run") == self._owner["run"]:
+            if self._parse(self._read_text()).get("run") == self._owner["run"]:
                 self._path.unlink(missing_ok=True)
 
 
