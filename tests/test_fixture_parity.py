@@ -1,5 +1,9 @@
 """Parity with the official PyTorch vHeat (shared/fixtures/vheat_torch): the spec, 5e-5 absolute."""
 
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,6 +29,16 @@ def test_classification_logits(vheat_fixtures, case, ema):
     assert model.post_norm == meta["post_norm"]  # read from the checkpoint's own yacs config
     logits = model.apply(variables, jnp.asarray(nchw_to_nhwc(arrays["input"])))
     assert_close(logits, arrays["logits_ema" if ema else "logits"])
+
+
+def test_classification_logits_at_the_default_xla_optimization_level():
+    """The suite compiles at level 0 (conftest.py); what users run, the default level, meets the spec too."""
+    env = {**os.environ, "VHEAT_TESTS_DEFAULT_XLA": "1", "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+                             f"{__file__}::test_classification_logits"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("case", VHEAT_CASES)
