@@ -49,6 +49,15 @@ def _owner() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "run": uuid.uuid4().hex, "since": time.time()}
 
 
+def _parse_owner(text: str | None) -> dict:
+    """The owner a lock file records; {} when it records none or cannot be read as one."""
+    try:
+        parsed = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _describe(owner: dict) -> str:
     since = owner.get("since")
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
@@ -68,10 +77,7 @@ class _LocalLock:
         try:
             self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = json.loads(os.read(fd, 4096) or b"{}")
-            except ValueError:
-                holder = {}
+            holder = _parse_owner(os.read(fd, 4096).decode(errors="replace"))
             os.close(fd)
             raise WorkdirLockedError(self._path, _describe(holder)) from None
         os.ftruncate(fd, 0)
@@ -105,14 +111,6 @@ class _Lease:
         except FileNotFoundError:
             return None
 
-    @staticmethod
-    def _parse(text: str | None) -> dict:
-        try:
-            parsed = json.loads(text or "{}")
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-
     def _write(self) -> None:
         self._path.write_text(json.dumps({**self._owner, "heartbeat": time.time()}))
 
@@ -122,7 +120,7 @@ class _Lease:
         Judged by whether the stored text changes, not by its timestamp, so clocks of other hosts do not
         matter, and a torn read counts as a change: it happens only while someone rewrites the lease.
         """
-        holder = self._parse(seen)
+        holder = _parse_owner(seen)
         logging.warning("%s is held by %s; watching it for up to %.0f s (a live run refreshes it every %.1f s)",
                         self._path, _describe(holder), self._lease_s, self._heartbeat_s)
         deadline = time.monotonic() + self._lease_s
@@ -132,7 +130,7 @@ class _Lease:
             if now is None:
                 return  # released
             if now != seen:
-                raise WorkdirLockedError(str(self._path), _describe(self._parse(now) or holder))
+                raise WorkdirLockedError(str(self._path), _describe(_parse_owner(now) or holder))
         logging.warning("taking over the lease %s: its holder (%s) stopped refreshing it", self._path,
                         _describe(holder))
 
@@ -141,7 +139,7 @@ class _Lease:
         if seen is not None:
             self._wait_for_holder(seen)
         self._write()
-        stored = self._parse(self._read_text())
+        stored = _parse_owner(self._read_text())
         if stored.get("run") != self._owner["run"]:  # another run wrote in between
             raise WorkdirLockedError(str(self._path), _describe(stored))
         self._thread = threading.Thread(target=self._refresh, name="vheat-workdir-lease", daemon=True)
@@ -159,7 +157,7 @@ class _Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            if self._parse(self._read_text()).get("run") == self._owner["run"]:
+            if _parse_owner(self._read_text()).get("run") == self._owner["run"]:
                 self._path.unlink(missing_ok=True)
 
 
