@@ -16,7 +16,9 @@ if os.environ.get("VHEAT_TESTS_DEFAULT_XLA") != "1":
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+# The repository's byte-identical copy of ../shared/fixtures (checked by test_fixture_manifest.py),
+# so that a clone anywhere runs the numerical spec.
+FIXTURES = ROOT / "tests" / "fixtures"
 VHEAT_FIXTURES = FIXTURES / "vheat_torch"
 VHEAT_CASES = ("tiny_prenorm", "tiny_postnorm_ls")
 
@@ -34,5 +36,5 @@ def nchw_to_nhwc(x):
 @pytest.fixture(scope="session")
 def vheat_fixtures() -> Path:
     if not VHEAT_FIXTURES.exists():
-        pytest.fail(f"golden fixtures missing at {VHEAT_FIXTURES}; tests must run beside ../shared")
+        pytest.fail(f"golden fixtures missing at {VHEAT_FIXTURES}; restore tests/fixtures from git")
     return VHEAT_FIXTURES

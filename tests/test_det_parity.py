@@ -1,5 +1,5 @@
 """Parity with mmdetection 3.3.0's Mask R-CNN on the official vHeat backbone
-(shared/fixtures/maskrcnn_mmdet), at the tolerances its README suggests."""
+(tests/fixtures/maskrcnn_mmdet), at the tolerances its README suggests."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Parity with the official PyTorch vHeat (shared/fixtures/vheat_torch): the spec, 5e-5 absolute."""
+"""Parity with the official PyTorch vHeat (tests/fixtures/vheat_torch): the spec, 5e-5 absolute."""
 
 import os
 import subprocess

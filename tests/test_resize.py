@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import VHEAT_FIXTURES
 from vheat_jax.resize import resize_bicubic_hw, torch_bicubic_matrix, zero_pad_freq_embed
 
-FIXTURES = Path(__file__).parents[1].parent / "shared/fixtures/vheat_torch"
+FIXTURES = VHEAT_FIXTURES
 
 SIZES = (1, 2, 3, 7, 14, 16, 24, 32, 56, 64)
 # (in_hw, out_hw): up, down, mixed, non-square, identity, and the dense-prediction
@@ -109,8 +110,6 @@ def _load_trusted_checkpoint(path: Path) -> dict:
 
 
 def test_zero_pad_matches_official_recipe_fixture() -> None:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
     case = json.loads((FIXTURES / "tiny_prenorm.json").read_text())
     state = _load_trusted_checkpoint(FIXTURES / "tiny_prenorm.pth")["model"]
     expected = np.load(FIXTURES / "tiny_prenorm.npz")

@@ -1,4 +1,4 @@
-"""Parity with mmsegmentation 1.2.2 (shared/fixtures/upernet_mmseg): every float array within 1e-4."""
+"""Parity with mmsegmentation 1.2.2 (tests/fixtures/upernet_mmseg): every float array within 1e-4."""
 
 import functools
 import json

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import VHEAT_FIXTURES
 from vheat_jax.torch_io import CheckpointError, OpaqueObject, UnsafeCheckpointError, load_pth, save_pth
 
-FIXTURES = Path(__file__).parents[1].parent / "shared/fixtures/vheat_torch"
+FIXTURES = VHEAT_FIXTURES
 TRUSTED = ["tiny_prenorm.pth", "tiny_prenorm_dense.pth"]
 PWNED_MARKER = Path("/tmp/vheat_fixture_pwned_marker")
 

@@ -7,7 +7,7 @@ inverse DCT. The DCT is a dense (N, N) basis contracted along H and then W, so
 the cost is O(H*W*(H+W)*C) = O(N^1.5 C) for N = H*W tokens.
 
 Numerics follow the official PyTorch ``Heat2D`` exactly (basis, decay map and
-``pow`` order), because the fixtures in ``shared/fixtures/vheat_torch`` are the
+``pow`` order), because the fixtures in ``tests/fixtures/vheat_torch`` are the
 spec.
 """
 

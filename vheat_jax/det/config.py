@@ -1,7 +1,7 @@
 """Settings of Mask R-CNN, with mmdetection's ``mask-rcnn_r50_fpn.py`` values as defaults.
 
 Widths (``fpn_channels`` ...) and ``num_classes`` change with the model; everything
-else is mmdetection's: the fixtures in ``shared/fixtures/maskrcnn_mmdet`` use the
+else is mmdetection's: the fixtures in ``tests/fixtures/maskrcnn_mmdet`` use the
 defaults with smaller widths. Static capacities (``*_capacity``) are ours: they size
 the padded arrays that keep shapes static under ``jit`` (see docs/detection.md).
 """
