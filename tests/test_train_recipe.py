@@ -64,8 +64,8 @@ def test_recipe_schedule_at_sampled_steps():
         187_500: 2e-5,
         190_000: 2e-5,
     }
-    for step, lr in expected.items():
-        assert float(schedule(step)) == pytest.approx(lr, rel=1e-5), step
+    for step, lr in expected.items():  # update step + 1 runs at lr(step): the official call order
+        assert float(schedule(step + 1)) == pytest.approx(lr, rel=1e-5), step
 
 
 def test_steps_override_epochs():
@@ -101,9 +101,10 @@ def test_optimizer_decays_only_masked_params_at_the_scheduled_lr():
     }
     state = tx.init(params)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    # Updates 0..5 of warm-up 2 / total 6 at batch 512: 5e-7, 2.5e-4 + 2.5e-7, then a cosine from 5e-4 to 5e-6.
-    cosine = [5e-6 + 0.5 * (5e-4 - 5e-6) * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
-    for lr in [5e-7, 5e-7 + 0.5 * (5e-4 - 5e-7), *cosine]:
+    # Updates 0..5 of warm-up 2 / total 6 at batch 512: 5e-7 twice (the official call order), 2.5e-4 + 2.5e-7,
+    # then a cosine from 5e-4 towards 5e-6.
+    cosine = [5e-6 + 0.5 * (5e-4 - 5e-6) * (1 + math.cos(math.pi * t / 4)) for t in range(3)]
+    for lr in [5e-7, 5e-7, 5e-7 + 0.5 * (5e-4 - 5e-7), *cosine]:
         updates, state = tx.update(zeros, state, params)
         np.testing.assert_allclose(updates["kernel"], -lr * 0.08 * params["kernel"], rtol=1e-5)
         np.testing.assert_allclose(updates["freq_embed_0"], -lr * 0.08 * params["freq_embed_0"], rtol=1e-5)

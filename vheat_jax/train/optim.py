@@ -36,6 +36,16 @@ def warmup_cosine_schedule(
     return schedule
 
 
+def lr_per_update(timm_schedule: optax.Schedule) -> optax.Schedule:
+    """The lr update ``t`` gets in the official loop: ``timm_schedule(max(t - 1, 0))``.
+
+    The official ``train_one_epoch`` steps the optimizer first and calls
+    ``lr_scheduler.step_update(t)`` after update ``t``, and timm's scheduler starts at
+    ``warmup_lr``; so updates 0 and 1 both use ``lr(0)`` and update ``t >= 1`` uses ``lr(t - 1)``.
+    """
+    return lambda count: timm_schedule(jnp.maximum(jnp.asarray(count) - 1, 0))
+
+
 def weight_decay_mask(params):
     """True where weight decay applies.
 
@@ -55,16 +65,17 @@ def create_optimizer(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(tx, schedule)``: clip -> AdamW(schedule, masked decay), wrapped in ``MultiSteps`` to accumulate.
 
-    ``schedule`` is indexed by optimizer update (not by micro-batch), as ``MultiSteps``
-    advances the inner optimizer's count only when it applies an update.
+    ``schedule`` gives the lr of optimizer update ``count`` (not of a micro-batch, as
+    ``MultiSteps`` advances the inner optimizer's count only when it applies an update), in the
+    official call order (:func:`lr_per_update`).
     """
 
     def scale(lr):
         return scaled_lr(lr, global_batch_size, opt_config.lr_reference_batch)
 
-    schedule = warmup_cosine_schedule(
+    schedule = lr_per_update(warmup_cosine_schedule(
         scale(opt_config.base_lr), scale(opt_config.warmup_lr), scale(opt_config.min_lr), warmup_steps, total_steps
-    )
+    ))
     chain = []
     if opt_config.grad_clip_norm:
         chain.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
