@@ -23,7 +23,7 @@ from vheat_jax import paths
 from vheat_jax.arch import Arch
 from vheat_jax.benchmark import time_jitted
 from vheat_jax.convert import load_any
-from vheat_jax.data import create_eval_loader, make_source
+from vheat_jax.data import create_eval_loader, iterating, make_source
 from vheat_jax.data.pipeline import num_eval_batches
 from vheat_jax.flops import model_macs
 from vheat_jax.forms import to_inference_form
@@ -85,12 +85,13 @@ def accuracy(model, params: dict, config, workdir: Path, *, log_every: int = 20)
     total_batches = num_eval_batches(num_examples, local_batch, jax.process_count())
     loader = create_eval_loader(data_cfg, process_index=jax.process_index(), process_count=jax.process_count())
     totals, start = np.zeros(3), time.perf_counter()
-    for index, local in enumerate(loader, 1):
-        totals += np.asarray(batch_sums(params, sharding.global_batch(local, mesh)))
-        if index % log_every == 0 or index == total_batches:
-            elapsed = time.perf_counter() - start
-            logging.info("eval %d/%d batches | %.1f images/s | ETA %.0fs", index, total_batches,
-                         index * data_cfg.eval_batch_size / elapsed, elapsed / index * (total_batches - index))
+    with iterating(loader) as batches:
+        for index, local in enumerate(batches, 1):
+            totals += np.asarray(batch_sums(params, sharding.global_batch(local, mesh)))
+            if index % log_every == 0 or index == total_batches:
+                elapsed = time.perf_counter() - start
+                logging.info("eval %d/%d batches | %.1f images/s | ETA %.0fs", index, total_batches,
+                             index * data_cfg.eval_batch_size / elapsed, elapsed / index * (total_batches - index))
     count = max(totals[2], 1.0)
     return {"top1": 100.0 * totals[0] / count, "top5": 100.0 * totals[1] / count, "images": int(totals[2])}
 

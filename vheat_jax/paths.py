@@ -69,6 +69,11 @@ def check_writable(directory: epath.Path, what: str) -> None:
                                    "check the path, the bucket name and the credentials") from None
 
 
+def check_output(path: epath.Path, what: str) -> None:
+    """:func:`check_writable` for the folder an output file (or an output folder) will be written in."""
+    check_writable(path.parent, what)
+
+
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None

@@ -23,7 +23,7 @@ from absl import flags
 
 from vheat_jax.cli import common
 from vheat_jax.forms import ADAPT_METHODS
-from vheat_jax.paths import as_path, check_supported
+from vheat_jax.paths import as_path, check_output, check_supported
 
 flags.DEFINE_bool("ema", False, "Take 'model_ema' instead of 'model'.")
 flags.DEFINE_enum("post_norm", "auto", ["auto", "true", "false"],
@@ -51,6 +51,7 @@ def main(argv: list[str]) -> None:
     source, output = argv[1], as_path(argv[2])
     for what, path in (("INPUT", source), ("OUTPUT", argv[2])):
         check_supported(path, what)
+    check_output(output, "OUTPUT")  # before the conversion's work, not after it
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]
     try:
         arch, params = load_any(source, ema=FLAGS.ema, post_norm=post_norm)

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from absl import flags, logging
 
-from vheat_jax import runtime
+from vheat_jax import paths, runtime
 from vheat_jax.cli import common
 
 flags.DEFINE_string("checkpoint", None, "Trainer workdir, convert_torch.py output (dir or .msgpack), or official .pth. "
@@ -45,6 +45,8 @@ def main(argv):
     from vheat_jax import evaluate  # after flag parsing, as train.py
 
     FLAGS = flags.FLAGS
+    if FLAGS.out:
+        paths.check_output(paths.as_path(FLAGS.out), "--out")
     config = FLAGS.config
     img_size = FLAGS.img_size or config.image_size
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]

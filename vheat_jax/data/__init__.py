@@ -5,6 +5,7 @@ from vheat_jax.data.mixup import Mixup
 from vheat_jax.data.pipeline import (
     create_eval_loader,
     create_train_loader,
+    iterating,
     num_corrupt,
     num_eval_batches,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "create_eval_loader",
     "create_train_loader",
     "ensure_digits_image_folder",
+    "iterating",
     "make_source",
     "num_corrupt",
     "num_eval_batches",

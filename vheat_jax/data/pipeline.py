@@ -21,7 +21,12 @@ Train stream for process p of P (seed s):
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import math
+import multiprocessing
+import signal
 from typing import Any
 
 import grain
@@ -39,6 +44,8 @@ _WORKER_BUFFER_BATCHES = 1
 
 # Purpose tags for the derived seeds.
 _SHUFFLE, _AUGMENT, _MIX = 1, 2, 3
+
+_GRAIN_WORKER_NAME = "grain-process-prefetch"  # grain 0.2's name for its worker processes
 
 
 def _derive_seed(*parts: int) -> int:
@@ -77,6 +84,27 @@ def _check_classes(source, num_classes: int) -> None:
         raise ValueError(f"Dataset has {len(classes)} classes but config.num_classes={num_classes}")
 
 
+def _leave_signals_to_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker init: SIGTERM and Ctrl-C reach the whole process group (a terminal, Slurm's
+    ``scancel``, ``timeout``); a worker that died of them would fail the loader before the parent
+    saved. The parent decides (save, then stop its workers through grain), so workers ignore both."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@functools.cache
+def _kill_leftover_workers_at_exit() -> None:
+    """multiprocessing's exit hook stops daemonic children with SIGTERM, which the workers ignore; the
+    loops close their loaders, and this (run before that hook) kills any a crash left behind."""
+    def kill_workers() -> None:
+        for child in multiprocessing.active_children():
+            if child.name.startswith(_GRAIN_WORKER_NAME):
+                child.kill()
+
+    atexit.register(kill_workers)
+
+
 def to_iter_dataset(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
     """The loader: read threads and prefetch, plus ``num_workers`` worker processes when > 0."""
     _ensure_absl_flags_parsed()
@@ -84,12 +112,26 @@ def to_iter_dataset(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset
         grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
     )
     if num_workers > 0:
+        _kill_leftover_workers_at_exit()
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=int(num_workers), per_worker_buffer_size=_WORKER_BUFFER_BATCHES
-            )
+            ),
+            worker_init_fn=_leave_signals_to_parent,
         )
     return it
+
+
+@contextlib.contextmanager
+def iterating(loader):
+    """``iter(loader)``, closed on leaving (its worker processes stopped in order, also when evaluation
+    is interrupted)."""
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        if hasattr(iterator, "close"):
+            iterator.close()
 
 
 def make_mixup(config) -> mixup_lib.Mixup:

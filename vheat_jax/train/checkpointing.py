@@ -193,6 +193,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def has_metrics(self, step: int) -> bool:
+        """Whether the checkpoint at ``step`` was saved with its evaluation's metrics."""
+        return bool(self._manager.metrics(step))
+
     def best(self) -> tuple[float, int] | None:
         """``(best value of the metric, its step)`` among the checkpoints saved with metrics."""
         scored = [

@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from vheat_jax import paths
-from vheat_jax.data import create_eval_loader, create_train_loader, make_source, on_device
+from vheat_jax.data import create_eval_loader, create_train_loader, iterating, make_source, on_device
 from vheat_jax.data.pipeline import make_mixup
 from vheat_jax.model import VHeat
 from vheat_jax.train import loop, optim, sharding
@@ -269,9 +269,11 @@ class ClassificationTask(loop.Task):
         loader = create_eval_loader(self.data_cfg, process_index=jax.process_index(),
                                     process_count=jax.process_count())
         totals = None
-        for local_batch in loader:
-            batch_sums = self._eval_step(state.params, state.ema_params, sharding.global_batch(local_batch, self.mesh))
-            totals = batch_sums if totals is None else jax.tree.map(jnp.add, totals, batch_sums)
+        with iterating(loader) as batches:
+            for local_batch in batches:
+                batch_sums = self._eval_step(state.params, state.ema_params,
+                                             sharding.global_batch(local_batch, self.mesh))
+                totals = batch_sums if totals is None else jax.tree.map(jnp.add, totals, batch_sums)
         totals = {k: float(v) for k, v in jax.device_get(totals).items()}
         count = max(totals["num_examples"], 1.0)
         out = {"num_examples": totals["num_examples"]}

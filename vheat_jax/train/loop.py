@@ -33,6 +33,8 @@ import contextlib
 import dataclasses
 import importlib
 import math
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
 from vheat_jax.train.config import ConfigError, check_renamed_fields
-from vheat_jax.train.preemption import PreemptionWatcher
+from vheat_jax.train.preemption import PreemptedDuringEvaluation, PreemptionWatcher
 from vheat_jax.train.workdir_lock import WorkdirLock
 
 TASKS = {
@@ -240,6 +242,23 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
                       watcher, writer)
 
 
+_WORKER_DIED = re.compile(r"Worker process was terminated unexpectedly with exit code (-?\d+)")
+
+
+def _as_loader_stop(err: Exception, step: int, latest_saved: int | None) -> Exception:
+    """A grain worker's death as one line (the run stops; the last checkpoint holds it); other errors unchanged."""
+    died = _WORKER_DIED.search(str(err))
+    if died is None:
+        return err
+    code = int(died[1])
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    saved = f"the checkpoint at step {latest_saved}" if latest_saved is not None else "nothing saved yet"
+    return paths.DataReadError(
+        f"a data-loader worker process died ({how}) before step {step + 1}, without a stop signal to this run; "
+        f"{saved} holds the run: run the same command again to resume (if the out-of-memory killer ended it, "
+        "lower config.num_workers)")
+
+
 def _train(task, config, state, step, best, train_step, train_iter, checkpointer, watcher, writer) -> dict[str, Any]:
     run, mesh = task.run, task.mesh
     is_process0 = jax.process_index() == 0
@@ -260,22 +279,62 @@ def _train(task, config, state, step, best, train_step, train_iter, checkpointer
                 logging.info("%s", metrics_lib.progress_line(done_step, run.total_steps, logged,
                                                              task.progress_fields(logged)))
 
-    def eval_line(at_step: int, metrics: dict[str, float]) -> str:
-        line = f"eval at step {at_step}: {task.eval_summary(metrics)}"
-        if best is not None:
-            line += f" | best {task.best_metric} {best[0]:.4g} (step {best[1]})"
-        return line
+    def evaluate(at_step: int) -> dict[str, float] | None:
+        """The task's metrics at ``at_step``, logged; None when a stop signal interrupted the evaluation."""
+        nonlocal best
+        if is_process0:
+            logging.info("evaluating at step %d...", at_step)
+        try:
+            with watcher.interruptible():
+                eval_metrics = task.evaluate(state)
+        except PreemptedDuringEvaluation:
+            return None
+        except Exception as err:  # a loader that failed because of the signal is the signal
+            if watcher.signalled:
+                return None
+            raise _as_loader_stop(err, at_step, checkpointer.latest_step()) from None
+        if best is None or eval_metrics[task.best_metric] >= best[0]:  # ties: the later one, as retention
+            best = (eval_metrics[task.best_metric], at_step)
+        writer.write(at_step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        if is_process0:
+            line = f"eval at step {at_step}: {task.eval_summary(eval_metrics)}"
+            logging.info("%s | best %s %.4g (step %d)", line, task.best_metric, *best)
+        return eval_metrics
+
+    def stop_for_preemption(why: str) -> None:
+        if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, train_iter)
+        logging.warning("preempted%s: saved the checkpoint at step %d; exiting", why, step)
+        final["preempted"] = True
 
     final: dict[str, Any] = {"step": step, "preempted": False}
     if step >= run.total_steps:
         logging.info("the run is already complete (step %d); evaluating its final state", step)
         final.update(task.evaluate(state))
+    elif step and step % run.eval_every_steps == 0 and not checkpointer.has_metrics(step):
+        logging.info("the evaluation at step %d was interrupted; running it now", step)
+        if (eval_metrics := evaluate(step)) is None:
+            stop_for_preemption(" during the evaluation")
+            return final
+        final.update(eval_metrics)
     pending = None
     while step < run.total_steps:
         micro_step_metrics = []
         for _ in range(task.micro_steps):
-            state, step_metrics = train_step(state, sharding.global_batch(next(train_iter), mesh))
+            try:
+                local_batch = next(train_iter)
+            except Exception as err:  # a loader that failed because of the signal is the signal
+                if not watcher.signalled:
+                    raise _as_loader_stop(err, step, checkpointer.latest_step()) from None
+                local_batch = None
+                break
+            state, step_metrics = train_step(state, sharding.global_batch(local_batch, mesh))
             micro_step_metrics.append(step_metrics)
+        if local_batch is None:
+            if pending is not None:
+                record(*pending)
+            stop_for_preemption(" (the data loader stopped after the signal)")
+            break
         step += 1
         if pending is not None:
             record(*pending)
@@ -291,18 +350,15 @@ def _train(task, config, state, step, best, train_step, train_iter, checkpointer
         pending = None
         eval_metrics = None
         if eval_due:
-            eval_metrics = task.evaluate(state)
-            if best is None or eval_metrics[task.best_metric] >= best[0]:  # ties: the later one, as retention
-                best = (eval_metrics[task.best_metric], step)
-            writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-            if is_process0:
-                logging.info("%s", eval_line(step, eval_metrics))
+            eval_metrics = evaluate(step)
+            if eval_metrics is None:
+                stop_for_preemption(" during the evaluation (it runs again on resume)")
+                break
             final.update(eval_metrics)
         checkpointer.save(step, state, train_iter, metrics=eval_metrics)
         timer.reset()
         if preempted:
-            logging.warning("preempted: saved the checkpoint at step %d; exiting", step)
-            final["preempted"] = True
+            stop_for_preemption("")
             break
     final["step"] = step
     if best is not None:

@@ -13,10 +13,17 @@ SIGTERM to itself, so it goes through the same protocol.
 
 The watcher is created before any set-up, so a signal during data preparation or
 compilation is not lost: the run stops after its first step, with a checkpoint.
+
+Evaluation (one process) runs inside :meth:`PreemptionWatcher.interruptible`: a signal there
+raises :class:`PreemptedDuringEvaluation` at once, so a long evaluation does not use up the
+grace period; the loop saves the step without its metrics and reruns the evaluation on resume.
+With several processes the evaluation must finish everywhere (its collectives would hang
+otherwise): the workers ignore the signal, so it completes and the next step stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -24,10 +31,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 
+class PreemptedDuringEvaluation(Exception):
+    """A preemption signal arrived while evaluation ran (one process): the evaluation is skipped."""
+
+
 class PreemptionWatcher:
     def __init__(self, multiprocess: bool):
         self._multiprocess = multiprocess
         self._signalled = False
+        self._interruptible = False
         self._previous = {}
         if not multiprocess:
             self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
@@ -44,6 +56,29 @@ class PreemptionWatcher:
         self._signalled = True
         if self._multiprocess and signum == signal.SIGINT:
             os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service tells the other processes
+        if self._interruptible:
+            self._interruptible = False
+            raise PreemptedDuringEvaluation
+
+    @property
+    def signalled(self) -> bool:
+        """One process: whether SIGTERM or Ctrl-C arrived. Always False with several processes, which
+        may only stop together, at :meth:`should_stop`."""
+        return self._signalled and not self._multiprocess
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """One process: a signal inside (or one already received) raises :class:`PreemptedDuringEvaluation`."""
+        if self._multiprocess:
+            yield
+            return
+        if self._signalled:
+            raise PreemptedDuringEvaluation
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
 
     def should_stop(self, step: int) -> bool:
         """Must be called after every step, on every process (the multi-process protocol needs it)."""
