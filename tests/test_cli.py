@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from train_support import ROOT
 
 from vheat_jax.train.config import RENAMED_FIELDS
@@ -118,3 +120,49 @@ def test_logs_hide_library_internals_unless_verbose(tmp_path, vheat_fixtures):
     assert quiet.stderr.strip() == "" and quiet.stdout.startswith("wrote ")
     verbose = run_script("convert_torch.py", "-v", "1", str(vheat_fixtures / "tiny_prenorm.pth"), str(tmp_path / "v"))
     assert verbose.returncode == 0 and "orbax" in verbose.stderr
+
+
+def test_bad_values_are_one_line_before_anything_is_written(tmp_path):
+    """Each task: caught while the flags are read, so the workdir is never created."""
+    workdir = tmp_path / "w"
+    calls = [
+        ("train.py", "--config=configs/digits_demo.py", f"--workdir={workdir}", "--config.model.name=vheat_tinny"),
+        ("seg_train.py", "--config=configs/seg_demo.py", f"--workdir={workdir}", "--config.model.name=vheat_tinny"),
+        ("det_train.py", "--config=configs/det_demo_shapes.py", f"--workdir={workdir}",
+         f"--config.init_from={tmp_path}/no/such.pth"),
+        ("train.py", "--config=configs/digits_demo.py", f"--workdir={workdir}", "--config.optimizer.base_lr=nan"),
+        ("train.py", "--config=configs/digits_demo.py", f"--workdir={workdir}", "--config.optimizer.base_lr=inf"),
+        ("train.py", "--config=configs/digits_demo.py", f"--workdir={workdir}", "--config.optimizer.base_lr=-1e30"),
+    ]
+    expected = [
+        "config.model.name = 'vheat_tinny': choose one of vheat_base, vheat_small, vheat_tiny",
+        "config.model.name = 'vheat_tinny': choose one of",
+        f"config.init_from = {tmp_path}/no/such.pth: no such file or folder",
+        "config.optimizer.base_lr = nan: must be a finite number",
+        "config.optimizer.base_lr = inf: must be a finite number",
+        "config.optimizer.base_lr = -1e+30: a learning rate cannot be negative",
+    ]
+    for call, text, result in zip(calls, expected, run_all(calls)):
+        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+    assert not workdir.exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only file system (EROFS, which even root cannot write), mounted for the test."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_outputs_on_a_read_only_disk_are_one_line_before_any_work(read_only_dir, vheat_fixtures):
+    calls = [
+        ("convert_torch.py", str(vheat_fixtures / "tiny_prenorm.pth"), f"{read_only_dir}/out.msgpack"),
+        ("eval.py", "--config=configs/digits_demo.py", "--throughput", f"--out={read_only_dir}/result.json"),
+    ]
+    for (script, *_), result in zip(calls, run_all(calls)):
+        assert f"{read_only_dir}: cannot write there" in one_line_error(result, script)
+        assert "Read-only file system" in result.stderr

@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from vheat_jax.arch import ArchitectureMismatchError
 from vheat_jax.paths import DataReadError, UnsupportedPathError
 from vheat_jax.torch_io import CheckpointError
-from vheat_jax.train.config import RENAMED_FIELDS, ConfigError, check_renamed_fields
+from vheat_jax.train.config import RENAMED_FIELDS, ConfigError, check_config
 
 OVERRIDES_HELP = """\
 Config overrides: every field of the config file can be set on the command line,
@@ -144,7 +144,7 @@ def parse_flags(argv: list[str], has_config: bool) -> list[str]:
     try:
         remaining = flags.FLAGS(argv)
         if has_config:
-            check_renamed_fields(flags.FLAGS["config"].value)  # loads the file and applies overrides now
+            check_config(flags.FLAGS["config"].value)  # loads the file and applies overrides now
     except ConfigError as err:
         fail(str(err))
     except flags.UnrecognizedFlagError as err:

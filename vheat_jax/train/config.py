@@ -24,6 +24,8 @@ are turned into steps at run time from the size of the training split.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -105,6 +107,38 @@ def check_renamed_fields(config: ml_collections.ConfigDict) -> None:
             node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
         if isinstance(node, ml_collections.ConfigDict) and leaf in node:
             raise ConfigError(f"config field {old} was renamed: set {new} instead")
+
+
+def _numbers(config: ml_collections.ConfigDict, prefix: str = ""):
+    """``(dotted name, value)`` of every float field, nested ones included."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{key}", value
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses, before any work, what no run can use: earlier schemas' fields, an unknown model variant,
+    a non-finite number or a negative learning rate, an ``init_from`` that does not exist."""
+    from vheat_jax import paths  # noqa: PLC0415 - the config vocabulary itself needs no file access
+    from vheat_jax.variants import VARIANTS  # noqa: PLC0415 - nor the model
+
+    check_renamed_fields(config)
+    model = config.get("model")
+    if isinstance(model, ml_collections.ConfigDict) and model.get("name") not in VARIANTS:
+        raise ConfigError(f"config.model.name = {model.get('name')!r}: choose one of {', '.join(sorted(VARIANTS))}")
+    for name, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"config.{name} = {value}: must be a finite number")
+        if (name.endswith(".lr") or name.endswith("_lr")) and value < 0:
+            raise ConfigError(f"config.{name} = {value}: a learning rate cannot be negative")
+    init_from = config.get("init_from")
+    if init_from:
+        paths.check_supported(init_from, "config.init_from")
+        if not paths.as_path(init_from).exists():
+            raise ConfigError(f"config.init_from = {init_from}: no such file or folder (a .pth, .msgpack, "
+                              "or a convert_torch.py / trainer output folder)")
 
 
 def default_config() -> ml_collections.ConfigDict:

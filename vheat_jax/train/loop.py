@@ -47,7 +47,7 @@ from vheat_jax import paths
 from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
-from vheat_jax.train.config import ConfigError, check_renamed_fields
+from vheat_jax.train.config import ConfigError, check_config
 from vheat_jax.train.preemption import PreemptedDuringEvaluation, PreemptionWatcher
 from vheat_jax.train.workdir_lock import WorkdirLock
 
@@ -194,7 +194,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     The result has ``step``, ``preempted``, the last evaluation's metrics, ``best_<metric>``
     and ``best_step``, and what the task's ``finish`` adds.
     """
-    check_renamed_fields(config)
+    check_config(config)
     paths.check_supported(workdir, "--workdir")
     workdir = paths.as_path(workdir)
     paths.check_writable(workdir, "--workdir")
