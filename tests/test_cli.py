@@ -9,6 +9,8 @@ import pytest
 
 from train_support import ROOT
 
+from vheat_jax.paths import NotAFileError
+from vheat_jax.torch_io import load_pth
 from vheat_jax.train.config import RENAMED_FIELDS
 
 # Each entry point and flags its --help must list.
@@ -166,3 +168,33 @@ def test_outputs_on_a_read_only_disk_are_one_line_before_any_work(read_only_dir,
     for (script, *_), result in zip(calls, run_all(calls)):
         assert f"{read_only_dir}: cannot write there" in one_line_error(result, script)
         assert "Read-only file system" in result.stderr
+
+
+def test_checkpoints_that_are_not_regular_files_are_one_line_within_seconds(tmp_path, vheat_fixtures):
+    """Links to devices and folders, and a FIFO among an Orbax export's files: refused before any read."""
+    source = vheat_fixtures / "tiny_prenorm.pth"
+    exports = {}
+    for name in ("arch_zero", "checksums_zero", "fifo"):
+        exports[name] = tmp_path / name
+        assert run_script("convert_torch.py", str(source), str(exports[name])).returncode == 0
+    (exports["arch_zero"] / "vheat_arch.json").unlink()
+    (exports["arch_zero"] / "vheat_arch.json").symlink_to("/dev/zero")
+    (exports["checksums_zero"] / "vheat_checksums.json").unlink()
+    (exports["checksums_zero"] / "vheat_checksums.json").symlink_to("/dev/zero")
+    data_file = max((p for p in (exports["fifo"] / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data_file.unlink()
+    os.mkfifo(data_file)
+    for name, target in (("zero.pth", "/dev/zero"), ("urandom.pth", "/dev/urandom"), ("folder.pth", str(tmp_path)),
+                         ("urandom.msgpack", "/dev/urandom")):
+        (tmp_path / name).symlink_to(target)
+    calls = [("convert_torch.py", str(path), str(tmp_path / f"out_{i}.msgpack")) for i, path in enumerate([
+        tmp_path / "zero.pth", tmp_path / "urandom.pth", tmp_path / "folder.pth", tmp_path / "urandom.msgpack",
+        exports["arch_zero"], exports["checksums_zero"], exports["fifo"]])]
+    expected = ["zero.pth is a character device", "urandom.pth is a character device",
+                "folder.pth: no vheat_arch.json",  # a folder is read as an Orbax export
+                "urandom.msgpack is a character device", "vheat_arch.json is a character device",
+                "vheat_checksums.json is a character device", f"{data_file} is a FIFO"]
+    for call, text, result in zip(calls, expected, run_all(calls)):
+        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+    with pytest.raises(NotAFileError, match="folder.pth is a folder"):  # the .pth reader the tasks call directly
+        load_pth(tmp_path / "folder.pth")

@@ -27,7 +27,7 @@ from flax import serialization, traverse_util
 from vheat_jax.arch import (Arch, ArchitectureMismatchError, arch_from_official_config, arch_from_state_dict,
                             official_post_norm)
 from vheat_jax.keymap import flax_param_shapes, flax_to_torch, mismatch_report, table_mismatches, torch_to_flax
-from vheat_jax.paths import as_path, is_remote
+from vheat_jax.paths import as_path, check_regular_file, check_regular_tree, is_remote, read_small_file
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
 
 log = logging.getLogger(__name__)
@@ -214,13 +214,14 @@ def _read_orbax(path, verify: bool) -> tuple[Arch, dict, Any]:
 
     if not (path / ARCH_FILE).exists():
         raise CheckpointError(f"{path}: no {ARCH_FILE}; not a directory written by convert_torch.py")
-    arch = Arch.from_json((path / ARCH_FILE).read_text())
+    arch = Arch.from_json(read_small_file(path / ARCH_FILE, "architecture file"))
     checksums = None
     if verify and (path / CHECKSUM_FILE).exists():
         try:
-            checksums = json.loads((path / CHECKSUM_FILE).read_text())
+            checksums = json.loads(read_small_file(path / CHECKSUM_FILE, "checksum file"))
         except ValueError as err:
             raise CheckpointError(f"{path / CHECKSUM_FILE} is corrupt ({err})") from None
+    check_regular_tree(path / "params", "checkpoint data")  # a FIFO there would hang Orbax's read
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(path / "params")
@@ -231,6 +232,7 @@ def _read_orbax(path, verify: bool) -> tuple[Arch, dict, Any]:
 
 
 def _read_msgpack(path, verify: bool) -> tuple[Arch, dict, Any]:
+    check_regular_file(path, "checkpoint")
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
     except Exception as err:  # noqa: BLE001 - msgpack's errors for malformed bytes have no common base

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import stat
 import time
 import uuid
 
@@ -41,6 +42,44 @@ def as_path(path: str | os.PathLike) -> epath.Path:
     """``path`` as an ``epath.Path``: URLs unchanged, local paths absolute."""
     result = epath.Path(path)
     return result if is_remote(path) else result.absolute()
+
+
+class NotAFileError(UnsupportedPathError):
+    """A path that should be a regular file is a folder, a device, a FIFO or a socket (or a link to one)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> None:
+    """Refuses, before it is opened, a local ``path`` that is not a regular file: reading a device
+    (``/dev/zero``) or a FIFO never ends or never starts. gs:// objects are always files."""
+    if is_remote(path):
+        return
+    mode = os.stat(path).st_mode  # follows links; FileNotFoundError names the path
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise NotAFileError(f"{what} {path} is {kind}, not a file; give the file itself")
+
+
+def read_small_file(path: epath.Path, what: str, max_bytes: int = 16 << 20) -> str:
+    """The text of a small metadata file (JSON), refused if it is not a regular file or is larger than
+    ``max_bytes``: the file's size, not its content, bounds what is read."""
+    check_regular_file(path, what)
+    size = path.stat().length if is_remote(path) else os.stat(path).st_size
+    if size > max_bytes:
+        raise NotAFileError(f"{what} {path} is {size:,} bytes; a real one is under {max_bytes:,}")
+    return path.read_text()
+
+
+def check_regular_tree(directory: epath.Path, what: str) -> None:
+    """:func:`check_regular_file` for everything under a local ``directory`` (an Orbax checkpoint's files)."""
+    if is_remote(directory):
+        return
+    for root, folders, files in os.walk(directory):
+        for name in files + [f for f in folders if os.path.islink(os.path.join(root, f))]:
+            check_regular_file(os.path.join(root, name), what)
 
 
 def check_supported(path: str | os.PathLike, what: str) -> None:

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from vheat_jax.paths import as_path, is_remote
+from vheat_jax.paths import as_path, check_regular_file, is_remote
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "OpaqueObject", "load_pth", "save_pth"]
 
@@ -607,6 +607,7 @@ def load_pth(path: str | os.PathLike) -> Any:
     including a file whose claims exceed the bounds of the module's resource model.
     """
     source = os.fspath(path)
+    check_regular_file(source, "checkpoint")
     with as_path(source).open("rb") as f:  # local or gs://
         head = f.read(512)
         size = f.seek(0, os.SEEK_END)
