@@ -6,11 +6,15 @@ And the adversarial regression corpus plus a short fuzz run, under a memory cap
 
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
+from flax import serialization
 from conftest import ROOT
 
 import vheat_jax
@@ -139,3 +143,66 @@ def test_adversarial_corpus_and_fuzz_run_under_a_memory_cap(vheat_fixtures, tmp_
     assert result.returncode == 0, report["failures"]
     assert set(report["corpus"].values()) == {"refused"}
     assert report["fuzz_outcomes"].get("refused", 0) > 0
+
+
+def test_arch_fields_are_bounded_by_what_a_real_vheat_can_be():
+    good = json.loads(Arch(dims=8, depths=(1, 1), post_norm=False, layer_scale=None, img_size=64,
+                           num_classes=10).to_json())
+    for edit, why in (({"depths": [1_000_000_000, 1, 1, 1]}, "depths"), ({"img_size": 10**9}, "img_size"),
+                      ({"num_classes": 10**9}, "num_classes"), ({"dims": 1024, "depths": [64, 64, 64, 64]},
+                                                                "parameters")):
+        with pytest.raises(ArchitectureMismatchError, match=why):
+            Arch.from_json(json.dumps({**good, **edit}))
+
+
+def test_an_edited_architecture_is_caught_by_its_checksum(converted, tmp_path):
+    """post_norm flipped: the arrays still fit, the outputs would not."""
+    arch, params = converted
+    vheat_jax.save_orbax(params, arch, tmp_path / "o")
+    (tmp_path / "o" / "vheat_arch.json").write_text(arch.replace(post_norm=not arch.post_norm).to_json())
+    with pytest.raises(CheckpointError, match="architecture .* does not match the checksum"):
+        vheat_jax.load_any(tmp_path / "o")
+    assert vheat_jax.load_any(tmp_path / "o", verify=False)[0].post_norm != arch.post_norm
+
+
+def test_exports_without_checksums_are_refused_unless_verify_is_off(converted, tmp_path):
+    arch, params = converted
+    vheat_jax.save_orbax(params, arch, tmp_path / "o")
+    (tmp_path / "o" / "vheat_checksums.json").unlink()
+    path = tmp_path / "w.msgpack"
+    vheat_jax.save_msgpack(params, arch, path)
+    payload = serialization.msgpack_restore(path.read_bytes())
+    del payload["checksums"]
+    path.write_bytes(serialization.msgpack_serialize(payload))
+    for export in (tmp_path / "o", path):
+        with pytest.raises(CheckpointError, match="carries no checksums.*verify=False"):
+            vheat_jax.load_any(export)
+        assert vheat_jax.load_any(export, verify=False)[0] == arch
+
+
+def test_a_pth_whose_zip_names_a_record_twice_is_refused(vheat_fixtures, tmp_path):
+    """torch.load reads the first of two same-named records, zipfile the last: refuse rather than differ."""
+    source = vheat_fixtures / "tiny_prenorm_dense.pth"
+    twice = tmp_path / "twice.pth"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(twice, "w", zipfile.ZIP_STORED) as out:
+        for name in original.namelist():
+            out.writestr(name, original.read(name))
+        record = next(name for name in original.namelist() if name.endswith("/data/0"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+            out.writestr(record, bytes(len(original.read(record))))
+    with pytest.raises(CheckpointError, match="data/0 more than once"):
+        load_pth(twice)
+
+
+@pytest.mark.parametrize("pattern, replacement, field", [
+    (r"dropout_ratio=0\.1", "dropout_ratio='x'", "decode_head.dropout_ratio = 'x'"),
+    (r"pool_scales=\([^)]*\)", "pool_scales=('x',)", r"decode_head.pool_scales = \('x',\)")])
+def test_mmseg_cfg_values_of_the_wrong_type_are_refused_naming_the_field(vheat_fixtures, tmp_path, pattern,
+                                                                         replacement, field):
+    checkpoint = load_pth(vheat_fixtures.parent / "upernet_mmseg" / "upernet_tiny.pth")
+    text, count = re.subn(pattern, replacement, checkpoint["meta"]["cfg"])  # in every head that has it
+    assert count >= 1
+    save_pth({"meta": {"cfg": text}, "state_dict": checkpoint["state_dict"]}, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match=rf"model\.{field}; expected"):
+        read_mmseg_checkpoint(tmp_path / "m.pth")

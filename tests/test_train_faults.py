@@ -184,3 +184,16 @@ def test_an_unreadable_training_image_stops_the_run_with_one_line(tmp_path, imag
     assert len(errors) == 1 and f"could not read {victim}" in errors[0] and "attempts" in errors[0], errors
     assert "retrying in" in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "8")
+
+
+def test_a_state_that_is_no_longer_finite_is_never_saved(tmp_path, image_folder, jax_cache_dir):
+    """A learning rate beyond float32's range makes the first update infinite while the first loss
+    (computed before it) is finite: the save at step 1 must see the state itself, not only the loss."""
+    result = run_train(tmp_path, image_folder, "--config.num_steps=1", "--config.warmup_steps=0",
+                       "--config.optimizer.base_lr=1e39", env=subprocess_env(jax_cache_dir), check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "training diverged: NaN or infinite values in" in errors[0]
+    assert "at step 1; it is not saved, and no earlier checkpoint exists" in errors[0]
+    assert checkpoint_steps(tmp_path) == []

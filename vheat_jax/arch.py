@@ -35,18 +35,28 @@ def _is_int_sequence(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(_is_int(v) and v >= 0 for v in value)
 
 
+# Bounds far above any real vHeat (B: dims 128, depths 2-2-18-2, 224-1344 px, 1k-22k classes), so that
+# what a file claims never decides how much memory is allocated.
+MAX_DIMS, MAX_DEPTH, MAX_IMG_SIZE, MAX_CLASSES, MAX_PARAMS = 1024, 64, 8192, 100_000, 2_000_000_000
+
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
-    "dims": (lambda v: _is_int(v) and v > 0, "a positive int"),
-    "depths": (lambda v: _is_int_sequence(v) and 0 < len(v) <= 8, "a list of 1 to 8 non-negative ints"),
+    "dims": (lambda v: _is_int(v) and 0 < v <= MAX_DIMS, f"an int in 1..{MAX_DIMS}"),
+    "depths": (lambda v: _is_int_sequence(v) and 0 < len(v) <= 8 and max(v) <= MAX_DEPTH,
+               f"a list of 1 to 8 ints in 0..{MAX_DEPTH}"),
     "post_norm": (lambda v: isinstance(v, bool), "a bool"),
     "layer_scale": (lambda v: v is None or _is_number(v), "a number or null"),
-    "img_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
-    "num_classes": (lambda v: v is None or (_is_int(v) and v > 0), "a positive int or null"),
+    "img_size": (lambda v: _is_int(v) and 0 < v <= MAX_IMG_SIZE, f"an int in 1..{MAX_IMG_SIZE}"),
+    "num_classes": (lambda v: v is None or (_is_int(v) and 0 < v <= MAX_CLASSES), f"an int in 1..{MAX_CLASSES} or null"),
     "infer_mode": (lambda v: isinstance(v, bool), "a bool"),
-    "patch_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
-    "mlp_ratio": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "patch_size": (lambda v: _is_int(v) and 0 < v <= 64, "an int in 1..64"),
+    "mlp_ratio": (lambda v: _is_number(v) and 0 < v <= 16, "a number in (0, 16]"),
 }
 """What each :class:`Arch` field must be; a file that says otherwise is refused, naming the field."""
+
+
+def _approx_params(dims: int, depths: tuple[int, ...], mlp_ratio: float) -> float:
+    """Roughly the blocks' weights: per block at width ``d``, about ``(3 + 2 mlp_ratio) d^2``."""
+    return sum(depth * (3 + 2 * mlp_ratio) * (dims * 2**i) ** 2 for i, depth in enumerate(depths))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +80,9 @@ class Arch:
                 raise ArchitectureMismatchError(f"architecture field {name} is {value!r:.60} "
                                                 f"({type(value).__name__}), expected {expected}")
         object.__setattr__(self, "depths", tuple(self.depths))
+        if (size := _approx_params(self.dims, self.depths, self.mlp_ratio)) > MAX_PARAMS:
+            raise ArchitectureMismatchError(f"architecture dims {self.dims}, depths {_dash(self.depths)} would have "
+                                            f"about {size:.2g} parameters, more than the {MAX_PARAMS:.0e} allowed")
 
     @property
     def dense(self) -> bool:

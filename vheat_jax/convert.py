@@ -146,13 +146,26 @@ def array_checksums(params: Mapping) -> dict[str, int]:
             for path, value in traverse_util.flatten_dict(dict(params)).items()}
 
 
-def verify_checksums(params: Mapping, expected: Any, source: str) -> None:
-    """Refuses ``params`` whose bytes differ from what was written (a flipped bit, a truncated copy)."""
+ARCH_CHECKSUM_KEY = "#arch"  # no parameter path starts with '#'
+
+
+def checksums(params: Mapping, arch: Arch) -> dict[str, int]:
+    """What an export stores beside its arrays: :func:`array_checksums` and the CRC-32 of the architecture."""
+    return {**array_checksums(params), ARCH_CHECKSUM_KEY: zlib.crc32(arch.to_json().encode())}
+
+
+def verify_checksums(params: Mapping, arch: Arch, expected: Any, source: str) -> None:
+    """Refuses ``params`` or ``arch`` that differ from what was written (a flipped bit, a truncated copy, an edit)."""
     if expected is None:
-        log.warning("%s carries no checksums (written before vheat-jax 0.2); its arrays are not verified", source)
-        return
+        raise CheckpointError(f"{source} carries no checksums, so its arrays and architecture cannot be verified; "
+                              "export it again with convert_torch.py (or load it with verify=False)")
     if not isinstance(expected, Mapping):
         raise CheckpointError(f"{source}: its checksums are {type(expected).__name__}, not a mapping")
+    expected = dict(expected)
+    if expected.pop(ARCH_CHECKSUM_KEY, None) != zlib.crc32(arch.to_json().encode()):
+        raise CheckpointError(f"{source}: its architecture ({ARCH_FILE} / 'arch': {arch}) does not match the "
+                              "checksum written with it; the file was edited or is corrupt: copy or convert it "
+                              "again (verify=False loads it anyway)")
     found = array_checksums(params)
     corrupt = sorted(path for path in found if expected.get(path) != found[path])
     if corrupt or set(expected) != set(found):
@@ -187,7 +200,7 @@ def save_msgpack(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
     """One self-describing file (Flax msgpack; no pickle): ``{"arch": json, "params": tree, "checksums"}``."""
     params = jax.tree.map(np.asarray, params)
     payload = serialization.msgpack_serialize(
-        {"arch": arch.to_json(), "params": params, "checksums": array_checksums(params)})
+        {"arch": arch.to_json(), "params": params, "checksums": checksums(params, arch)})
     if is_remote(path):  # an object store replaces whole objects atomically
         as_path(path).write_bytes(payload)
         return
@@ -205,7 +218,7 @@ def save_orbax(params: Mapping, arch: Arch, directory: str | os.PathLike) -> Non
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "params", params, force=True)
-    (directory / CHECKSUM_FILE).write_text(json.dumps(array_checksums(params)))
+    (directory / CHECKSUM_FILE).write_text(json.dumps(checksums(params, arch)))
     (directory / ARCH_FILE).write_text(arch.to_json())  # last: its presence marks a complete directory
 
 
@@ -215,10 +228,10 @@ def _read_orbax(path, verify: bool) -> tuple[Arch, dict, Any]:
     if not (path / ARCH_FILE).exists():
         raise CheckpointError(f"{path}: no {ARCH_FILE}; not a directory written by convert_torch.py")
     arch = Arch.from_json(read_small_file(path / ARCH_FILE, "architecture file"))
-    checksums = None
+    stored = None
     if verify and (path / CHECKSUM_FILE).exists():
         try:
-            checksums = json.loads(read_small_file(path / CHECKSUM_FILE, "checksum file"))
+            stored = json.loads(read_small_file(path / CHECKSUM_FILE, "checksum file"))
         except ValueError as err:
             raise CheckpointError(f"{path / CHECKSUM_FILE} is corrupt ({err})") from None
     check_regular_tree(path / "params", "checkpoint data")  # a FIFO there would hang Orbax's read
@@ -228,7 +241,7 @@ def _read_orbax(path, verify: bool) -> tuple[Arch, dict, Any]:
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path / 'params'} could not be restored ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); the checkpoint is corrupt") from None
-    return arch, params, checksums
+    return arch, params, stored
 
 
 def _read_msgpack(path, verify: bool) -> tuple[Arch, dict, Any]:
@@ -249,10 +262,10 @@ def load_converted(path: str | os.PathLike, *, verify: bool = True) -> tuple[Arc
     shape, and (unless ``verify=False``) carry the bytes its checksum says.
     """
     path = as_path(path)
-    arch, params, checksums = (_read_orbax if path.is_dir() else _read_msgpack)(path, verify)
+    arch, params, stored_checksums = (_read_orbax if path.is_dir() else _read_msgpack)(path, verify)
     params = check_params(params, arch, str(path))
     if verify:
-        verify_checksums(params, checksums, str(path))
+        verify_checksums(params, arch, stored_checksums, str(path))
     return arch, params
 
 

@@ -44,6 +44,7 @@ the file's size. The loaded tree may nest at most :data:`MAX_NESTING` deep.
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import pickle
@@ -478,6 +479,10 @@ class _Archive:
     def __init__(self, zf: zipfile.ZipFile, archive_bytes: int) -> None:
         self._zf = zf
         self._infos = {info.filename: info for info in zf.infolist()}
+        if len(self._infos) != len(zf.infolist()):  # torch.load reads the first of two, zipfile the last
+            twice = sorted(name for name, count in collections.Counter(zf.namelist()).items() if count > 1)
+            raise CheckpointError(f"the zip archive names {', '.join(twice[:3])} more than once; readers disagree "
+                                  "on which copy counts, so the file is refused")
         pickles = [n for n in self._infos if n.count("/") == 1 and n.endswith("/data.pkl")]
         if not pickles:
             raise CheckpointError("a zip archive but not a PyTorch checkpoint (it has no <dir>/data.pkl)")

@@ -217,14 +217,14 @@ def run(main: Callable[[list[str]], None], *, doc: str, module_name: str, config
         runtime.reexec_with_huge_pages()  # faster XLA:CPU steps; see vheat_jax/runtime.py
 
     def guarded_main(remaining: list[str]) -> None:
-        from vheat_jax.train.checkpointing import CheckpointWriteError
+        from vheat_jax.train.checkpointing import CheckpointWriteError, NonFiniteStateError
         from vheat_jax.train.loop import TrainingDivergedError
         from vheat_jax.train.workdir_lock import WorkdirLockedError
 
         quiet_library_logs()
         try:
             main(remaining)
-        except (TrainingDivergedError, CheckpointWriteError, DataReadError) as err:  # the run stopped; resumable
+        except (TrainingDivergedError, NonFiniteStateError, CheckpointWriteError, DataReadError) as err:  # stopped
             fail(str(err), status=1)
         except WorkdirLockedError as err:
             fail(str(err))

@@ -247,7 +247,8 @@ def config_from_state_dict(state_dict: Mapping[str, Any], model_cfg: Mapping | N
             raise KeyMismatchError(f"not an UperNet checkpoint: no '{head}.conv_seg.weight' (prefixes found: "
                                    f"{', '.join(sorted({k.split('.')[0] for k in state_dict}))})")
     if post_norm is None:
-        post_norm = backbone_cfg.get("post_norm")
+        post_norm = _cfg_value(backbone_cfg, "backbone.post_norm", None, lambda v: v is None or isinstance(v, bool),
+                               "true or false")
     backbone = {k[len(BACKBONE) + 1:]: v for k, v in state_dict.items() if k.startswith(BACKBONE + ".")}
     arch = arch_from_state_dict(backbone, post_norm=post_norm).replace(num_classes=None)
     asked = {name: backbone_cfg[name] for name in ("dims", "img_size") if isinstance(backbone_cfg.get(name), int)}
@@ -256,7 +257,9 @@ def config_from_state_dict(state_dict: Mapping[str, Any], model_cfg: Mapping | N
     check_arch(arch, arch.replace(**asked), found_what="checkpoint weights", asked_what="its meta['cfg']")
 
     num_pools = _count(state_dict, r"decode_head\.psp_modules\.(\d+)\..*")
-    pool_scales = tuple(decode_cfg.get("pool_scales", (1, 2, 3, 6)))
+    pool_scales = tuple(_cfg_value(decode_cfg, "decode_head.pool_scales", (1, 2, 3, 6),
+                                   lambda v: isinstance(v, (list, tuple)) and all(_is_count(x) for x in v),
+                                   "a list of positive ints"))
     if len(pool_scales) != num_pools:
         raise KeyMismatchError(f"checkpoint has {num_pools} pyramid-pooling branches but the pooling scales are "
                                f"{pool_scales}; pass the scales in the checkpoint's config")
@@ -264,7 +267,8 @@ def config_from_state_dict(state_dict: Mapping[str, Any], model_cfg: Mapping | N
     if aux_weight is None:
         raise KeyMismatchError("auxiliary FCN head without convolutions (num_convs=0) is not supported")
     widths = [arch.dims * 2**i for i in range(len(arch.depths))]
-    aux_in_index = aux_cfg.get("in_index")
+    aux_in_index = _cfg_value(aux_cfg, "auxiliary_head.in_index", None, lambda v: v is None or v == 0 or _is_count(v),
+                              "an int >= 0")
     if aux_in_index is None:
         aux_in_index = widths.index(aux_weight.shape[1]) if aux_weight.shape[1] in widths else 2
     return UperNetConfig(
@@ -276,8 +280,25 @@ def config_from_state_dict(state_dict: Mapping[str, Any], model_cfg: Mapping | N
         aux_channels=int(aux_weight.shape[0]),
         aux_num_convs=_count(state_dict, r"auxiliary_head\.convs\.(\d+)\..*"),
         aux_kernel_size=int(aux_weight.shape[-1]),
-        dropout_ratio=float(decode_cfg.get("dropout_ratio", 0.1)),
+        dropout_ratio=float(_cfg_value(decode_cfg, "decode_head.dropout_ratio", 0.1,
+                                       lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)")),
     )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cfg_value(section: Mapping, name: str, default: Any, valid, expected: str) -> Any:
+    """``meta['cfg']``'s ``model.<name>`` (or ``default``), refused with a line naming it when not ``valid``."""
+    value = section.get(name.rsplit(".", 1)[1], default) if isinstance(section, Mapping) else default
+    if not valid(value):
+        raise CheckpointError(f"meta['cfg'] sets model.{name} = {value!r:.60}; expected {expected}")
+    return value
 
 
 # --------------------------------------------------------------------------- files

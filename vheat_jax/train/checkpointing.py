@@ -84,6 +84,11 @@ def _leaf_fingerprint(leaf: jax.Array) -> jax.Array:
     return jnp.sum(flat * weights, dtype=jnp.uint32)
 
 
+@jax.jit
+def _leaf_is_finite(leaf: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(leaf))
+
+
 def _fingerprint_list(state: Any) -> list[int]:
     """One fingerprint per array of ``state``, computed where the arrays live (sharded state is not gathered).
 
@@ -91,6 +96,18 @@ def _fingerprint_list(state: Any) -> list[int]:
     1,500 leaves took 12.6 s to compile on CPU, these take well under a second.
     """
     return [int(value) for value in jax.device_get([_leaf_fingerprint(leaf) for leaf in jax.tree.leaves(state)])]
+
+
+def _non_finite_arrays(state: Any) -> list[str]:
+    """The paths of the floating-point arrays of ``state`` that hold a NaN or an infinity (checked on device)."""
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    flags = jax.device_get([_leaf_is_finite(leaf) for _, leaf in leaves])
+    return [jax.tree_util.keystr(path) for (path, _), finite in zip(leaves, flags) if not finite]
+
+
+class NonFiniteStateError(RuntimeError):
+    """The state to be saved holds NaN or infinite values: the run diverged, and it is not saved."""
 
 
 def verify_fingerprint(state: Any, saved: Any, where: str) -> None:
@@ -214,6 +231,14 @@ class Checkpointer:
         stores either as one JSON file per process.
         """
         self.check_for_errors()
+        if bad := _non_finite_arrays(state):
+            latest = self.latest_step()
+            raise NonFiniteStateError(
+                f"training diverged: NaN or infinite values in {len(bad)} array(s) of the state "
+                f"({', '.join(bad[:3])}) at step {step}; it is not saved, "
+                + (f"the checkpoint at step {latest} is the last good state. " if latest is not None else
+                   "and no earlier checkpoint exists. ")
+                + "Lower the learning rate (config.optimizer) or check the input data.")
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
