@@ -197,3 +197,40 @@ def test_a_state_that_is_no_longer_finite_is_never_saved(tmp_path, image_folder,
     assert "training diverged: NaN or infinite values in" in errors[0]
     assert "at step 1; it is not saved, and no earlier checkpoint exists" in errors[0]
     assert checkpoint_steps(tmp_path) == []
+
+
+def _empty_files(path: Path) -> None:
+    for image in [path] if path.is_file() else path.rglob("*.png"):
+        image.write_bytes(b"")
+
+
+@pytest.mark.parametrize("emptied, share", [("train", "8 of the 8"), ("train/class_2", "of the 8")])
+def test_a_training_split_that_does_not_decode_stops_at_once(tmp_path, image_folder, jax_cache_dir, emptied, share):
+    """All files 0 bytes, or one class of 4: each is far past the allowed 1% of an epoch; one line, nothing saved."""
+    data = tmp_path / "images"
+    shutil.copytree(image_folder, data)
+    _empty_files(data / emptied)
+    result = run_train(tmp_path / "run", data, "--config.num_steps=8", env=subprocess_env(jax_cache_dir),
+                       check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{share} training images read in epoch 1 could not be decoded" in errors[0]
+    assert "config.max_undecodable_fraction = 0.01" in errors[0]
+    assert checkpoint_steps(tmp_path / "run") == []
+    assert result.stderr.count("Skipping corrupt/undecodable image") <= 5  # named a few times, then counted
+
+
+def test_undecodable_images_within_the_allowed_share_are_reported_once_per_epoch(tmp_path, image_folder,
+                                                                                 jax_cache_dir):
+    data = tmp_path / "images"
+    shutil.copytree(image_folder, data)
+    _empty_files(data / "train" / "class_1" / "000.png")
+    _empty_files(data / "val" / "class_0" / "000.png")
+    # 2 epochs of 6 steps: 1 undecodable image in each epoch of 48, and 1 of the 12 evaluation images.
+    result = run_train(tmp_path / "run", data, "--config.num_steps=12", "--config.max_undecodable_fraction=0.1",
+                       env=subprocess_env(jax_cache_dir))
+    assert "epoch 1: 1 of 48 training images could not be decoded (skipped)" in result.stderr
+    assert "epoch 2: 1 of 48 training images could not be decoded (skipped)" in result.stderr
+    assert "evaluation: 1 of 12 images could not be decoded (left out)" in result.stderr
+    assert checkpoint_steps(tmp_path / "run")[-1] == 12

@@ -64,12 +64,25 @@ def decode_image(data: Any) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")  # as torchvision's pil_loader (no copy when RGB)
 
 
+_NAMED_UNDECODABLE = 5  # per process; the trainer counts the rest and reports them once per epoch
+_undecodable_seen = 0
+
+
+def warn_undecodable(name: str, err: Exception) -> None:
+    """Names the first few undecodable images of this process; after that they are only counted."""
+    global _undecodable_seen
+    _undecodable_seen += 1
+    if _undecodable_seen <= _NAMED_UNDECODABLE:
+        more = " (further ones are counted, not named)" if _undecodable_seen == _NAMED_UNDECODABLE else ""
+        logger.warning("Skipping corrupt/undecodable image %s: %s: %s%s", name, type(err).__name__, err, more)
+
+
 def try_decode(data: Any, name: str) -> Image.Image | None:
-    """``decode_image`` that logs a warning naming the file and returns None."""
+    """``decode_image`` that warns (:func:`warn_undecodable`) and returns None."""
     try:
         return decode_image(data)
     except Exception as e:  # noqa: BLE001 - any decoder failure = corrupt image
-        logger.warning("Skipping corrupt/undecodable image %s: %s: %s", name, type(e).__name__, e)
+        warn_undecodable(name, e)
         return None
 
 
@@ -301,8 +314,7 @@ class TrainTransform:
         try:
             img = self.decode_and_crop(element["image"], rng)
         except Exception as e:  # noqa: BLE001 - any decoder failure = corrupt image
-            logger.warning("Skipping corrupt/undecodable image %s: %s: %s", element.get("name", "?"),
-                           type(e).__name__, e)
+            warn_undecodable(element.get("name", "?"), e)
             s = self.image_size
             blank = {"image": np.zeros((s, s, 3), np.uint8)}
             if self.reprob > 0:

@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from vheat_jax import paths
+from vheat_jax.paths import DataReadError
 from vheat_jax.data import create_eval_loader, create_train_loader, iterating, make_source, on_device
 from vheat_jax.data.pipeline import make_mixup
 from vheat_jax.model import VHeat
@@ -122,6 +124,7 @@ def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, 
             "grad_norm": optax.global_norm(grads),
             "top1": jnp.sum(matches * batch["valid"]) / jnp.maximum(jnp.sum(batch["valid"]), 1.0),
             "learning_rate": schedule(state.step),
+            "undecodable": jnp.sum(1.0 - batch["valid"]),  # images of this batch that could not be decoded
         }
         new_state = TrainState(
             step=state.step + applied.astype(jnp.int32), params=params, opt_state=opt_state, ema_params=ema_params
@@ -217,6 +220,46 @@ class StateFactory:
 # --------------------------------------------------------------------------- task
 
 
+class UndecodableCount:
+    """The training images that could not be decoded, counted per epoch from each update's ``undecodable``.
+
+    Reported once per epoch; the run stops (one line, exit 1) as soon as an epoch's count passes
+    ``max_fraction`` of the epoch, or when none of the images read so far decoded: a folder of
+    empty files must not train to the end on nothing.
+    """
+
+    def __init__(self, max_fraction: float, steps_per_epoch: int, global_batch: int):
+        self.max_fraction, self.steps_per_epoch, self.global_batch = max_fraction, steps_per_epoch, global_batch
+        self.bad = self.read = 0
+
+    def add(self, step: int, bad: float) -> None:
+        self.bad += round(bad)
+        self.read += self.global_batch
+        epoch = (step - 1) // self.steps_per_epoch + 1
+        epoch_images = self.steps_per_epoch * self.global_batch
+        if self.bad > self.max_fraction * epoch_images or (self.bad and self.bad == self.read):
+            raise DataReadError(
+                f"{self.bad} of the {self.read} training images read in epoch {epoch} could not be decoded, "
+                f"more than config.max_undecodable_fraction = {self.max_fraction} of the epoch's {epoch_images} "
+                "allows; check the image files (empty or truncated ones: find DATA_DIR -size 0), or raise the "
+                "fraction")
+        if step % self.steps_per_epoch == 0:
+            if self.bad:
+                logging.warning("epoch %d: %d of %d training images could not be decoded (skipped)", epoch,
+                                self.bad, self.read)
+            self.bad = self.read = 0
+
+
+def check_undecodable_eval(bad: int, total: int, max_fraction: float) -> None:
+    """The evaluation's counterpart of :class:`UndecodableCount`, over the whole split."""
+    if bad > max_fraction * total or (total and bad == total):
+        raise DataReadError(f"{bad} of the {total} evaluation images could not be decoded, more than "
+                            f"config.max_undecodable_fraction = {max_fraction} allows; check the image files "
+                            "(empty or truncated ones: find DATA_DIR -size 0), or raise the fraction")
+    if bad:
+        logging.warning("evaluation: %d of %d images could not be decoded (left out)", bad, total)
+
+
 class ClassificationTask(loop.Task):
     best_metric = "ema_top1"
 
@@ -232,6 +275,9 @@ class ClassificationTask(loop.Task):
                 f"({config.global_batch_size}); lower config.global_batch_size"
             )
         self.micro_steps = config.grad_accum_steps
+        self.num_eval = len(make_source(self.data_cfg, self.data_cfg.eval_split))
+        self.undecodable = UndecodableCount(config.max_undecodable_fraction, steps_per_epoch,
+                                            config.global_batch_size)
         return steps_per_epoch
 
     def build(self):
@@ -275,6 +321,8 @@ class ClassificationTask(loop.Task):
                                              sharding.global_batch(local_batch, self.mesh))
                 totals = batch_sums if totals is None else jax.tree.map(jnp.add, totals, batch_sums)
         totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+        check_undecodable_eval(self.num_eval - int(totals["num_examples"]), self.num_eval,
+                               self.config.max_undecodable_fraction)
         count = max(totals["num_examples"], 1.0)
         out = {"num_examples": totals["num_examples"]}
         for prefix in ("", "ema_"):
@@ -282,6 +330,9 @@ class ClassificationTask(loop.Task):
             out[f"{prefix}top5"] = 100.0 * totals[f"{prefix}top5"] / count
             out[f"{prefix}loss"] = totals[f"{prefix}loss"] / count
         return out
+
+    def after_update(self, step: int, scalars: dict[str, float]) -> None:
+        self.undecodable.add(step, scalars["undecodable"] * self.micro_steps)
 
     def eval_summary(self, m: dict[str, float]) -> str:
         return (f"top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% loss {m['loss']:.4f} | "

@@ -153,6 +153,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.global_batch_size = 2048
     config.eval_batch_size = 1024
     config.num_workers = 8  # grain worker processes per host
+    config.max_undecodable_fraction = 0.01  # of an epoch's (or the eval split's) images; past it the run stops
     config.aug = ml_collections.ConfigDict(
         dict(
             random_resized_crop=True,

@@ -138,6 +138,10 @@ class Task(abc.ABC):
     def eval_summary(self, metrics: dict[str, float]) -> str:
         """The evaluation metrics as read in the log line."""
 
+    def after_update(self, step: int, scalars: dict[str, float]) -> None:
+        """Called with each update's scalars (means over its micro-batches), one step late; may stop the run."""
+        del step, scalars
+
     def progress_fields(self, scalars: dict[str, float]) -> list[str]:
         """Task-specific parts of the progress line (after the loss)."""
         del scalars
@@ -270,6 +274,7 @@ def _train(task, config, state, step, best, train_step, train_iter, checkpointer
         fetched = jax.device_get(micro_step_metrics)
         scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         check_finite(done_step, scalars)
+        task.after_update(done_step, scalars)
         timer.mark(done_step)
         window.add(scalars)
         if done_step % run.log_every_steps == 0 or done_step == run.total_steps:
