@@ -1,5 +1,6 @@
 """The converter: strict checks, file formats, round trips, the CLI, and safety."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -179,3 +180,19 @@ def test_wrapped_state_dict_keys_are_unwrapped(vheat_fixtures, tmp_path):
     arch, params = vheat_jax.params_from_torch(tmp_path / "wrapped.pth", post_norm=False)
     _, reference = vheat_jax.params_from_torch(vheat_fixtures / "tiny_prenorm.pth")
     jax.tree.map(np.testing.assert_array_equal, params, reference)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["classification", "backbone"])
+def test_exports_keep_their_pre_post_norm_choice(vheat_fixtures, tmp_path, caplog, dense):
+    """Pre-norm without layer scale is what the weights-only guess says; post-norm is the choice the file must
+    carry. Read back with no hint: the choice comes back, and no 'assuming' warning is logged."""
+    name = "tiny_prenorm_dense.pth" if dense else "tiny_prenorm.pth"
+    arch, params = vheat_jax.params_from_torch(vheat_fixtures / name, post_norm=False)
+    for post_norm in (True, False):
+        chosen = arch.replace(post_norm=post_norm)
+        vheat_jax.export_torch(params, chosen, tmp_path / "back.pth")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            again, _ = vheat_jax.params_from_torch(tmp_path / "back.pth")
+        assert again == chosen
+        assert not [r for r in caplog.records if "pre- or post-norm" in r.getMessage()]

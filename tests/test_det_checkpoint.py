@@ -1,5 +1,7 @@
 """mmdetection checkpoint conversion: strict checks, export, identical round trip."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,15 @@ def test_strict_errors(loaded):
     # a config that disagrees with the weights
     with pytest.raises(KeyMismatchError, match="fc_cls"):
         checkpoint.mmdet_to_flax(original, config.replace(num_classes=80), arch)
+
+
+def test_an_export_reads_back_with_its_pre_post_norm_choice(loaded, tmp_path, caplog):
+    config, arch, params, meta = loaded
+    for post_norm in (True, False):
+        out = tmp_path / f"{post_norm}.pth"
+        checkpoint.export_mmdet(params, config, arch.replace(post_norm=post_norm), out)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _, again, _, _ = checkpoint.read_mmdet_checkpoint(out)
+        assert again.post_norm is post_norm
+        assert not [r for r in caplog.records if "pre- or post-norm" in r.getMessage()]

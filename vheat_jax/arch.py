@@ -216,6 +216,17 @@ def arch_from_official_config(config: Mapping, weights_arch: Arch) -> Arch:
     )
 
 
+def official_config(arch: Arch) -> dict:
+    """The official yacs config's fields for ``arch``, as plain dicts: what a classification export carries
+    under ``"config"`` so that it reads back with its pre/post-norm choice (official code ignores it)."""
+    vheat = {"EMBED_DIM": arch.dims, "DEPTHS": list(arch.depths), "POST_NORM": arch.post_norm,
+             "PATCH_SIZE": arch.patch_size, "MLP_RATIO": arch.mlp_ratio}
+    if arch.layer_scale is not None:
+        vheat["LAYER_SCALE"] = arch.layer_scale
+    model = {"VHEAT": vheat} if arch.num_classes is None else {"VHEAT": vheat, "NUM_CLASSES": arch.num_classes}
+    return {"MODEL": model, "DATA": {"IMG_SIZE": arch.img_size}}
+
+
 def arch_differences(found: Arch, asked: Arch, found_what: str = "checkpoint",
                      asked_what: str = "config") -> list[str]:
     """Human-readable differences that change the weights' shapes or meaning."""

@@ -25,7 +25,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from vheat_jax.arch import (Arch, ArchitectureMismatchError, arch_from_official_config, arch_from_state_dict,
-                            official_post_norm)
+                            official_config, official_post_norm)
 from vheat_jax.keymap import flax_param_shapes, flax_to_torch, mismatch_report, table_mismatches, torch_to_flax
 from vheat_jax.paths import as_path, check_regular_file, check_regular_tree, is_remote, read_small_file
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
@@ -81,6 +81,17 @@ def _numpy_state_dict(state_dict: Mapping[str, Any], source: str) -> dict[str, n
     return state_dict
 
 
+ARCH_META_KEY = "vheat_jax_arch"
+"""Where our mmengine-layout exports (backbones, Mask R-CNN) keep their :class:`Arch`, in ``meta``."""
+
+
+def post_norm_from_meta(ckpt: Mapping) -> bool | None:
+    """The pre/post-norm choice an mmengine-layout file we exported carries in ``meta``; None otherwise."""
+    meta = ckpt.get("meta")
+    text = meta.get(ARCH_META_KEY) if isinstance(meta, Mapping) else None
+    return Arch.from_json(text).post_norm if isinstance(text, str) else None
+
+
 def split_checkpoint(ckpt: Any, *, ema: bool, path: str) -> tuple[dict[str, np.ndarray], Mapping | None]:
     """Finds the backbone state dict (and the official config, if any) in a loaded checkpoint."""
     if not isinstance(ckpt, Mapping):
@@ -102,7 +113,9 @@ def split_checkpoint(ckpt: Any, *, ema: bool, path: str) -> tuple[dict[str, np.n
         others = sorted({k.split(".")[0] for k in state if not k.startswith(BACKBONE_PREFIX)})
         if others:
             log.info("%s: using backbone.* only; not part of the backbone: %s", path, ", ".join(others))
-        return _numpy_state_dict(backbone, f"{path}['state_dict']"), None
+        said = post_norm_from_meta(ckpt)
+        config = None if said is None else {"MODEL": {"VHEAT": {"POST_NORM": said}}}
+        return _numpy_state_dict(backbone, f"{path}['state_dict']"), config
     return _numpy_state_dict(ckpt, path), None  # a bare state dict (what export_torch writes, or model.state_dict())
 
 
@@ -130,10 +143,11 @@ def export_torch(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
     Either loads into the official module with ``load_state_dict(strict=True)``.
     """
     state_dict = flax_to_torch(params, arch)
-    if arch.dense:
-        payload = {"state_dict": OrderedDict((BACKBONE_PREFIX + k, v) for k, v in state_dict.items())}
-    else:
-        payload = {"model": state_dict}
+    if arch.dense:  # mmengine's layout; its loaders ignore meta keys they do not know
+        payload = {"state_dict": OrderedDict((BACKBONE_PREFIX + k, v) for k, v in state_dict.items()),
+                   "meta": {ARCH_META_KEY: arch.to_json()}}
+    else:  # the official trainer's layout, with its config's architecture fields
+        payload = {"model": state_dict, "config": official_config(arch)}
     save_pth(payload, path)
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import jax.numpy as jnp
-from absl import flags, logging
+from absl import flags
 
 from vheat_jax import paths, runtime
 from vheat_jax.cli import common
@@ -34,7 +34,8 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (p
 flags.DEFINE_integer("warmup", 3, "Warm-up iterations for --throughput.")
 flags.DEFINE_integer("iters", 10, "Timed iterations for --throughput (the median is reported).")
 flags.DEFINE_string("out", None, "Also write the JSON result to this file.")
-flags.DEFINE_string("workdir", "/tmp/vheat_eval", "Where data sets that are materialised on demand (digits) go.")
+flags.DEFINE_string("workdir", "/tmp/vheat_eval", "Where data sets that are materialised on demand (digits) go "
+                    "(default: the --checkpoint trainer workdir's own copy, else this).")
 
 
 def main(argv):
@@ -68,12 +69,18 @@ def main(argv):
     else:
         if img_size != config.image_size:
             config.unlock().image_size = img_size
-        result.update(evaluate.accuracy(model, params, config, Path(FLAGS.workdir)))
+        result.update(evaluate.accuracy(model, params, config, Path(_data_root(FLAGS))))
     text = json.dumps(result)
-    logging.info("result: %s", text)
     print(text, flush=True)
     if FLAGS.out:
         Path(FLAGS.out).write_text(text + "\n")
+
+
+def _data_root(FLAGS) -> str:
+    """--workdir, or the trainer workdir being evaluated (its digits copy is reused, not written again)."""
+    if not FLAGS["workdir"].present and FLAGS.checkpoint and (Path(FLAGS.checkpoint) / "checkpoints").is_dir():
+        return FLAGS.checkpoint
+    return FLAGS.workdir
 
 
 def run() -> None:

@@ -39,7 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from vheat_jax.arch import Arch, arch_from_state_dict
-from vheat_jax.convert import read_mmengine_checkpoint
+from vheat_jax.convert import ARCH_META_KEY, post_norm_from_meta, read_mmengine_checkpoint
 from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.model import MaskRCNN
 from vheat_jax.keymap import (
@@ -163,7 +163,7 @@ def read_mmdet_checkpoint(path: str | os.PathLike, *, post_norm: bool | None = N
     backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     if not backbone:
         raise CheckpointError(f"{path}: no 'backbone.*' keys")
-    arch = arch_from_state_dict(backbone, post_norm=post_norm)
+    arch = arch_from_state_dict(backbone, post_norm=post_norm_from_meta(ckpt) if post_norm is None else post_norm)
     config = config_from_state_dict(state_dict, config)
     params = mmdet_to_flax(state_dict, config, arch)
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
@@ -184,7 +184,7 @@ def export_mmdet(params: Mapping, config: MaskRCNNConfig, arch: Arch, path: str 
     mmdetection loads its ``state_dict`` with ``load_state_dict(strict=True)``
     (``torch.load(weights_only=True)`` accepts the file: it holds only tensors and plain data).
     """
-    meta: dict[str, Any] = {"vheat_jax_config": config.to_json(), "vheat_jax_arch": arch.to_json()}
+    meta: dict[str, Any] = {"vheat_jax_config": config.to_json(), ARCH_META_KEY: arch.to_json()}
     if classes is not None:
         meta["dataset_meta"] = {"classes": list(classes)}
     save_pth({"meta": meta, "state_dict": flax_to_mmdet(params, config, arch)}, path)

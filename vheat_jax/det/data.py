@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -60,7 +61,8 @@ class CocoSource:
         root = Path(root)
         self.annotation_file = Path(annotation_file or root / "annotations" / f"instances_{split}.json")
         self.image_dir = Path(image_dir or root / split)
-        self.coco = COCO(str(self.annotation_file))
+        with contextlib.redirect_stdout(io.StringIO()):  # "loading annotations into memory..." and its timing
+            self.coco = COCO(str(self.annotation_file))
         self.cat_ids = sorted(self.coco.getCatIds())
         self.cat2label = {cat: i for i, cat in enumerate(self.cat_ids)}
         self.classes = tuple(self.coco.loadCats(cat)[0]["name"] for cat in self.cat_ids)

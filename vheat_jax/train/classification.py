@@ -122,7 +122,7 @@ def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, 
         metrics = {
             "loss": loss,
             "grad_norm": optax.global_norm(grads),
-            "top1": jnp.sum(matches * batch["valid"]) / jnp.maximum(jnp.sum(batch["valid"]), 1.0),
+            "top1": 100.0 * jnp.sum(matches * batch["valid"]) / jnp.maximum(jnp.sum(batch["valid"]), 1.0),  # percent
             "learning_rate": schedule(state.step),
             "undecodable": jnp.sum(1.0 - batch["valid"]),  # images of this batch that could not be decoded
         }
@@ -339,4 +339,4 @@ class ClassificationTask(loop.Task):
                 f"EMA top-1 {m['ema_top1']:.2f}% top-5 {m['ema_top5']:.2f}% | {int(m['num_examples'])} images")
 
     def progress_fields(self, scalars: dict[str, float]) -> list[str]:
-        return [f"train top-1 {100.0 * scalars['top1']:.1f}%"]
+        return [f"train top-1 {scalars['top1']:.1f}%"]

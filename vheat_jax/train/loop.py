@@ -237,10 +237,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
         if is_process0:
             num_params = sum(x.size for x in jax.tree.leaves(task.abstract_state.params))
             logging.info(
-                "%s: %.2fM params, %d devices (%d processes), %d images/step, %d steps/epoch, %d steps; "
-                "compiling the train step...",
+                "%s: %.2fM params, %d devices (%d processes), %d images/step, %d steps/epoch, %d steps%s",
                 task.name, num_params / 1e6, mesh.size, jax.process_count(), config.global_batch_size,
                 task.run.steps_per_epoch, task.run.total_steps,
+                "; compiling the train step..." if step < task.run.total_steps else "",
             )
         return _train(task, config, state, step, checkpointer.best(), train_step, train_iter, checkpointer,
                       watcher, writer)
