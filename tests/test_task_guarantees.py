@@ -13,9 +13,12 @@ The classification runs start from a converted checkpoint (``init_from``), so a 
 run is also shown to take its weights from its own checkpoint, not from ``init_from``.
 """
 
+import json
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +87,7 @@ def task(request, tmp_path_factory, jax_cache_dir) -> Task:
         data = tmp_path_factory.mktemp("shapes")
         task = Task(ROOT / "tests" / "det_tiny_config.py", "bbox_mAP", [f"--config.data_dir={data}"],
                     ["--config.optimizer.lr=1e30"], [signal.SIGTERM])
+    task.kind = request.param
     task.reference = tmp_path_factory.mktemp(f"{request.param}_uninterrupted")
     task.run(task.reference, subprocess_env(jax_cache_dir))
     return task
@@ -158,3 +162,29 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path, j
     after = flat_arrays(saved_state(workdir, NUM_STEPS))
     for key, value in good.items():
         np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_the_standalone_evaluator_agrees_with_the_trainer(task, jax_cache_dir):
+    """The same weights, data and protocol through ``*_eval.py`` give the trainer's final numbers to the last
+    digit the trainer prints (the export or workdir the run leaves is what a user evaluates)."""
+    reference = task.reference
+    data = [arg for arg in task.overrides if arg.startswith("--config.data_dir=")]
+    if task.kind == "classification":
+        command = ["eval.py", f"--config={task.config}", *data, f"--checkpoint={reference}", "--form=train"]
+        digits = {"top1": 2, "top5": 2}
+    elif task.kind == "segmentation":
+        command = ["seg_eval.py", f"--config={task.config}", f"--checkpoint={reference / 'upernet_mmseg.pth'}"]
+        digits = {"mIoU": 2, "mAcc": 2, "aAcc": 2}
+    else:
+        shapes = data[0].split("=", 1)[1]
+        command = ["det_eval.py", f"--checkpoint={reference / 'maskrcnn_mmdet.pth'}", f"--data_dir={shapes}",
+                   "--split=val", "--scale=64,64"]
+        digits = {"bbox_mAP": 4, "segm_mAP": 4, "bbox_mAP_50": 4, "segm_mAP_50": 4}
+    result = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], cwd=ROOT, capture_output=True,
+                            text=True, env=subprocess_env(jax_cache_dir), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pre- or post-norm" not in result.stderr  # our own exports say which
+    standalone = json.loads(result.stdout[result.stdout.index("{"):])
+    trainer = [row for row in read_metrics(reference) if row["step"] == NUM_STEPS and f"eval/{task.metric}" in row][-1]
+    for name, places in digits.items():
+        assert round(standalone[name], places) == round(trainer[f"eval/{name}"], places), (name, standalone, trainer)

@@ -156,6 +156,9 @@ def config_from_state_dict(state_dict: Mapping[str, Any], base: MaskRCNNConfig |
     )
 
 
+CONFIG_META_KEY = "vheat_jax_config"
+
+
 def read_mmdet_checkpoint(path: str | os.PathLike, *, post_norm: bool | None = None,
                           config: MaskRCNNConfig | None = None) -> tuple[MaskRCNNConfig, Arch, dict, dict]:
     """``(config, backbone_arch, params, meta)`` from an mmdetection ``.pth`` (strict)."""
@@ -164,10 +167,23 @@ def read_mmdet_checkpoint(path: str | os.PathLike, *, post_norm: bool | None = N
     if not backbone:
         raise CheckpointError(f"{path}: no 'backbone.*' keys")
     arch = arch_from_state_dict(backbone, post_norm=post_norm_from_meta(ckpt) if post_norm is None else post_norm)
-    config = config_from_state_dict(state_dict, config)
-    params = mmdet_to_flax(state_dict, config, arch)
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), Mapping) else {}
+    config = config_from_state_dict(state_dict, config or _exported_config(meta, path))
+    params = mmdet_to_flax(state_dict, config, arch)
     return config, arch, params, dict(meta)
+
+
+def _exported_config(meta: Mapping, path) -> MaskRCNNConfig | None:
+    """The full :class:`MaskRCNNConfig` our export keeps in ``meta`` (test-time settings such as the RPN's
+    proposal counts are not in the weights, and mmdet's defaults differ from a run's); None for others."""
+    text = meta.get(CONFIG_META_KEY)
+    if text is None:
+        return None
+    try:
+        return MaskRCNNConfig.from_json(text)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{path}: meta[{CONFIG_META_KEY!r}] is not a Mask R-CNN config "
+                              f"({type(err).__name__}: {err})") from None
 
 
 def class_names(meta: Mapping) -> tuple[str, ...] | None:
@@ -184,7 +200,7 @@ def export_mmdet(params: Mapping, config: MaskRCNNConfig, arch: Arch, path: str 
     mmdetection loads its ``state_dict`` with ``load_state_dict(strict=True)``
     (``torch.load(weights_only=True)`` accepts the file: it holds only tensors and plain data).
     """
-    meta: dict[str, Any] = {"vheat_jax_config": config.to_json(), ARCH_META_KEY: arch.to_json()}
+    meta: dict[str, Any] = {CONFIG_META_KEY: config.to_json(), ARCH_META_KEY: arch.to_json()}
     if classes is not None:
         meta["dataset_meta"] = {"classes": list(classes)}
     save_pth({"meta": meta, "state_dict": flax_to_mmdet(params, config, arch)}, path)
