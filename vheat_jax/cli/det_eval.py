@@ -15,6 +15,7 @@ import time
 
 from absl import flags
 
+from vheat_jax import heartbeat
 from vheat_jax.cli import common
 from vheat_jax.paths import as_path, check_supported, is_remote
 
@@ -59,8 +60,10 @@ def main(argv: list[str]) -> None:
     predict = jax.jit(lambda p, x, hw: detector.predict(model, {"params": p}, x, hw))
     source = CocoSource(FLAGS.data_dir, FLAGS.split, train=False)
     start = time.perf_counter()
-    metrics, results = run_coco_eval(lambda x, hw: jax.device_get(predict(params, x, hw)), source, scale=scale,
-                                     mask_thr=config.rcnn_test.mask_thr_binary, max_images=FLAGS.max_images)
+    count = len(source) if FLAGS.max_images is None else min(FLAGS.max_images, len(source))
+    with heartbeat.phase(f"evaluating {count} images of {FLAGS.split} (the first one compiles)"):
+        metrics, results = run_coco_eval(lambda x, hw: jax.device_get(predict(params, x, hw)), source, scale=scale,
+                                         mask_thr=config.rcnn_test.mask_thr_binary, max_images=FLAGS.max_images)
     metrics["seconds"] = time.perf_counter() - start
     if FLAGS.results:
         with open(FLAGS.results, "w") as f:

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from absl import logging
 from PIL import Image
+
+from vheat_jax import heartbeat
 
 MARKER = "digits_folder.json"
 IMAGE_SIZE = 32
@@ -80,7 +81,12 @@ def ensure_digits_image_folder(root: str | os.PathLike) -> Path:
             f"{root} exists, is not empty and is not a complete digits folder "
             f"(missing/invalid {MARKER}); remove it or pick another data_dir."
         )
-    logging.info("writing scikit-learn's digits as an image folder in %s (once)...", root)
+    with heartbeat.phase(f"writing scikit-learn's digits as an image folder in {root} (once)"):
+        _write(root)
+    return root
+
+
+def _write(root: Path) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     imgs, labels = digits_arrays()
     tr, va = digits_split(labels)
@@ -105,4 +111,3 @@ def ensure_digits_image_folder(root: str | os.PathLike) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return root

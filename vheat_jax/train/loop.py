@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vheat_jax import paths
+from vheat_jax import heartbeat, paths
 from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
@@ -209,12 +209,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
         teardown.callback(watcher.close)
         teardown.enter_context(WorkdirLock(workdir, config.workdir_lease_seconds))  # one run per workdir
         mesh = sharding.make_mesh()
-        if is_process0:
-            logging.info("preparing data and model (%s) on %d devices...", config.get("task", "classification"),
-                         mesh.size)
-        task = load_task(config, workdir, mesh)
+        with heartbeat.phase(f"preparing data and model ({config.get('task', 'classification')}) on "
+                             f"{mesh.size} devices", enabled=is_process0):
+            task = load_task(config, workdir, mesh)
         shardings = sharding.state_shardings(task.abstract_state, mesh, config.fsdp)
-        train_step = jit_train_step(task.train_step, mesh, shardings)
+        train_step = heartbeat.first_call(jit_train_step(task.train_step, mesh, shardings),
+                                          "compiling the train step", enabled=is_process0)
 
         train_iter = task.train_loader()
         teardown.callback(train_iter.close)  # stops the loader's workers
@@ -224,7 +224,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
         writer = metrics_lib.MetricWriter(workdir, enabled=is_process0)
         teardown.callback(writer.close)
 
-        resumed = checkpointer.restore_newest(with_shardings(task.abstract_state, shardings), train_iter)
+        with heartbeat.phase(f"restoring the newest checkpoint in {workdir / 'checkpoints'}",
+                             enabled=is_process0 and checkpointer.latest_step() is not None):
+            resumed = checkpointer.restore_newest(with_shardings(task.abstract_state, shardings), train_iter)
         if resumed is not None:
             logging.info("resuming from the checkpoint at step %d in %s", resumed[0], workdir / "checkpoints")
             state = resumed[1]
@@ -237,10 +239,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
         if is_process0:
             num_params = sum(x.size for x in jax.tree.leaves(task.abstract_state.params))
             logging.info(
-                "%s: %.2fM params, %d devices (%d processes), %d images/step, %d steps/epoch, %d steps%s",
+                "%s: %.2fM params, %d devices (%d processes), %d images/step, %d steps/epoch, %d steps",
                 task.name, num_params / 1e6, mesh.size, jax.process_count(), config.global_batch_size,
                 task.run.steps_per_epoch, task.run.total_steps,
-                "; compiling the train step..." if step < task.run.total_steps else "",
             )
         return _train(task, config, state, step, checkpointer.best(), train_step, train_iter, checkpointer,
                       watcher, writer)
@@ -287,10 +288,8 @@ def _train(task, config, state, step, best, train_step, train_iter, checkpointer
     def evaluate(at_step: int) -> dict[str, float] | None:
         """The task's metrics at ``at_step``, logged; None when a stop signal interrupted the evaluation."""
         nonlocal best
-        if is_process0:
-            logging.info("evaluating at step %d...", at_step)
         try:
-            with watcher.interruptible():
+            with watcher.interruptible(), heartbeat.phase(f"evaluating at step {at_step}", enabled=is_process0):
                 eval_metrics = task.evaluate(state)
         except PreemptedDuringEvaluation:
             return None
