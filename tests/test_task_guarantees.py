@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from train_support import (
     GUARANTEE_OVERRIDES,
     GUARANTEE_STEPS,
@@ -188,3 +189,30 @@ def test_the_standalone_evaluator_agrees_with_the_trainer(task, jax_cache_dir):
     trainer = [row for row in read_metrics(reference) if row["step"] == NUM_STEPS and f"eval/{task.metric}" in row][-1]
     for name, places in digits.items():
         assert round(standalone[name], places) == round(trainer[f"eval/{name}"], places), (name, standalone, trainer)
+
+
+def test_predict_shows_what_the_runs_own_model_sees(task, jax_cache_dir, tmp_path):
+    """predict.py on the run's own output: top classes for classification, overlays that are the input's size
+    and differ from it for segmentation and detection."""
+    image = tmp_path / "input.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(image)
+    data = [arg for arg in task.overrides if arg.startswith("--config.data_dir=")]
+    checkpoint = {"classification": task.reference, "segmentation": task.reference / "upernet_mmseg.pth",
+                  "detection": task.reference / "maskrcnn_mmdet.pth"}[task.kind]
+    command = [sys.executable, str(ROOT / "predict.py"), f"--checkpoint={checkpoint}", f"--out={tmp_path / 'out'}",
+               "--scale=64,64", "--score_thr=0", str(image)]
+    if task.kind == "classification":
+        command[2:2] = [f"--config={task.config}", *data]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=subprocess_env(jax_cache_dir),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    if task.kind == "classification":
+        probs = [entry["prob"] for entry in line["top"]]
+        assert [entry["class"] for entry in line["top"]] and sorted(probs, reverse=True) == probs
+        assert len(line["top"]) == 4 and abs(sum(probs) - 1) < 1e-4  # the 4 classes of the run
+        return
+    overlay = np.asarray(Image.open(line["overlay"]).convert("RGB"))
+    original = np.asarray(Image.open(image).convert("RGB"))
+    assert overlay.shape == original.shape and not np.array_equal(overlay, original)
