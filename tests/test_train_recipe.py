@@ -8,11 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from train_support import ROOT
+from train_support import ROOT, run_train, subprocess_env
 
 from vheat_jax import create_model
 from vheat_jax.train import optim
 from vheat_jax.train.loop import resolve_run_length, resolve_steps
+
+pytest_plugins = ("train_fixtures",)  # fixtures: image_folder, jax_cache_dir
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -128,3 +130,12 @@ def test_gradient_accumulation_applies_one_averaged_update_every_k():
     second, state = accum.update(g2, state, params)
     assert optim.applied_update(accum, state)
     np.testing.assert_allclose(second["kernel"], expected["kernel"], rtol=1e-6)
+
+
+def test_runs_keep_their_compiled_steps_in_the_workdir_unless_told_not_to(tmp_path, image_folder, jax_cache_dir):
+    env = subprocess_env(jax_cache_dir)
+    del env["JAX_COMPILATION_CACHE_DIR"]  # the suite's shared cache would win over the workdir's
+    run_train(tmp_path / "cached", image_folder, "--config.num_steps=2", env=env)
+    assert any((tmp_path / "cached" / "jax_cache").iterdir())
+    run_train(tmp_path / "off", image_folder, "--config.num_steps=2", "--config.compilation_cache=False", env=env)
+    assert not (tmp_path / "off" / "jax_cache").exists()

@@ -14,8 +14,9 @@ EVERY_S = 20.0
 
 
 @contextlib.contextmanager
-def phase(what: str, *, enabled: bool = True, every_s: float = EVERY_S):
-    """Logs ``what...``, then ``still <what> (N s)`` every ``every_s``, then the time it took if that was long."""
+def phase(what: str, *, enabled: bool = True, every_s: float = EVERY_S, report_after_s: float | None = None):
+    """Logs ``what...``, then ``still <what> (N s)`` every ``every_s``, then the time it took if that was at
+    least ``report_after_s`` (default: ``every_s``)."""
     if not enabled:
         yield
         return
@@ -35,8 +36,8 @@ def phase(what: str, *, enabled: bool = True, every_s: float = EVERY_S):
         done.set()
         thread.join()
         elapsed = time.monotonic() - start
-        if elapsed >= every_s:
-            logging.info("%s: done in %.0f s", what, elapsed)
+        if elapsed >= (every_s if report_after_s is None else report_after_s):
+            logging.info("%s: done in %.1f s", what, elapsed)
 
 
 def first_call(fn: Callable, what: str, *, enabled: bool = True) -> Callable:
@@ -48,7 +49,7 @@ def first_call(fn: Callable, what: str, *, enabled: bool = True) -> Callable:
         if called:
             return fn(*args, **kwargs)
         called = True
-        with phase(what, enabled=enabled):
+        with phase(what, enabled=enabled, report_after_s=0.0):  # e.g. how long compiling took, always
             return fn(*args, **kwargs)
 
     return call

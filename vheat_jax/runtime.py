@@ -54,3 +54,20 @@ def add_xla_flags(extra: tuple[str, ...]) -> str:
     added = [flag for flag in extra if flag.split("=", 1)[0] not in present]
     os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return os.environ["XLA_FLAGS"]
+
+
+LOCAL_CACHE = "~/.cache/vheat_jax/jax_cache"  # where runs whose workdir is remote keep compiled programs
+
+
+def enable_compilation_cache(directory: str | os.PathLike) -> str:
+    """JAX's persistent compilation cache in ``directory``, unless one is set already (JAX_COMPILATION_CACHE_DIR
+    or the user's own config), which is kept; returns the directory in use."""
+    import jax  # noqa: PLC0415 - this module is also imported before JAX may be
+
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    directory = os.path.expanduser(os.fspath(directory))
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return directory

@@ -49,6 +49,8 @@ def main(argv):
     if FLAGS.out:
         paths.check_output(paths.as_path(FLAGS.out), "--out")
     config = FLAGS.config
+    if config.get("compilation_cache", False):
+        runtime.enable_compilation_cache(runtime.LOCAL_CACHE)
     img_size = FLAGS.img_size or config.image_size
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]
     if FLAGS.checkpoint:

@@ -14,6 +14,7 @@ import json
 
 from absl import flags
 
+from vheat_jax import runtime
 from vheat_jax.cli import common
 from vheat_jax.paths import as_path, check_supported
 
@@ -35,6 +36,8 @@ def main(argv: list[str]) -> None:
     from vheat_jax.train import distributed
 
     config = flags.FLAGS.config
+    if config.get("compilation_cache", False):
+        runtime.enable_compilation_cache(runtime.LOCAL_CACHE)
     distributed.maybe_initialize(config.distributed)
     model, variables = load_for_evaluation(config, checkpoint)
     results = evaluate(Segmenter(model, variables, inference_config(config)), config, per_class=flags.FLAGS.per_class)

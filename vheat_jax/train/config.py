@@ -71,6 +71,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
     config.remat = False  # rematerialise each Heat block in the backward pass (less memory, more compute)
     config.fsdp = False  # shard params and optimizer state over the data axis (ZeRO-3 style)
+    # JAX's persistent compilation cache: WORKDIR/jax_cache (a gs:// workdir: ~/.cache/vheat_jax/jax_cache), so
+    # a restarted run loads its compiled steps instead of compiling again. A JAX_COMPILATION_CACHE_DIR set by
+    # the user wins; False turns it off.
+    config.compilation_cache = True
 
     # --- Durations and intervals (``*_steps`` wins over ``*_epochs`` when set) ---
     config.num_epochs = 1.0

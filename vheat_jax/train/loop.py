@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vheat_jax import heartbeat, paths
+from vheat_jax import heartbeat, paths, runtime
 from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
@@ -202,6 +202,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, Any]:
     paths.check_supported(workdir, "--workdir")
     workdir = paths.as_path(workdir)
     paths.check_writable(workdir, "--workdir")
+    if config.get("compilation_cache", False):
+        runtime.enable_compilation_cache(runtime.LOCAL_CACHE if paths.is_remote(workdir) else workdir / "jax_cache")
     multiprocess = distributed.maybe_initialize(config.distributed)
     is_process0 = jax.process_index() == 0
     with contextlib.ExitStack() as teardown:  # closes in reverse order, whatever raised
