@@ -196,3 +196,43 @@ def test_exports_keep_their_pre_post_norm_choice(vheat_fixtures, tmp_path, caplo
             again, _ = vheat_jax.params_from_torch(tmp_path / "back.pth")
         assert again == chosen
         assert not [r for r in caplog.records if "pre- or post-norm" in r.getMessage()]
+
+
+@pytest.mark.parametrize("case", VHEAT_CASES)
+def test_pth_to_safetensors_to_flax_gives_the_official_logits(vheat_fixtures, tmp_path, case):
+    """Through the CLI with torch unimportable: no pickle on the way out either."""
+    _, arrays = load_case(case)
+    out = tmp_path / "w.safetensors"
+    result = run_cli(vheat_fixtures / f"{case}.pth", out)
+    assert result.returncode == 0, result.stderr
+    arch, params = vheat_jax.load_any(out)
+    assert arch == vheat_jax.params_from_torch(vheat_fixtures / f"{case}.pth")[0]
+    logits = arch.build().apply({"params": params}, jnp.asarray(nchw_to_nhwc(arrays["input"])))
+    np.testing.assert_allclose(logits, arrays["logits"], atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name, key", [("tiny_postnorm_ls.pth", "model"), ("tiny_prenorm_dense.pth", "state_dict")])
+def test_flax_to_safetensors_to_pth_is_the_official_state_dict(vheat_fixtures, tmp_path, name, key):
+    """What strict load_state_dict checks: the same keys, shapes and values as the official file; torch's own
+    safetensors reader agrees."""
+    from safetensors.torch import load_file
+
+    arch, params = vheat_jax.params_from_torch(vheat_fixtures / name, post_norm=name.startswith("tiny_postnorm"))
+    vheat_jax.save_safetensors(params, arch, tmp_path / "w.safetensors")
+    assert run_cli(tmp_path / "w.safetensors", tmp_path / "back.pth").returncode == 0
+    official = official_state_dict(vheat_fixtures / name, key)
+    back = load_pth(tmp_path / "back.pth")[key]
+    in_torch = load_file(tmp_path / "w.safetensors")
+    prefix = "backbone." if key == "state_dict" else ""
+    assert set(back) == set(official) == {prefix + k for k in in_torch}
+    for k, value in official.items():
+        np.testing.assert_array_equal(back[k], value, err_msg=k)
+        np.testing.assert_array_equal(in_torch[k[len(prefix):]].numpy(), value, err_msg=k)
+
+
+def test_a_safetensors_file_that_lies_about_its_header_is_one_line(tmp_path, vheat_fixtures):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    result = run_cli(bad, tmp_path / "out.msgpack")
+    assert result.returncode == 2 and "header is missing or longer than the file" in result.stderr
+    assert result.stderr.strip().count("\n") == 0

@@ -124,6 +124,12 @@ def params_from_torch(path: str | os.PathLike, *, ema: bool = False,
     """Reads an official checkpoint into ``(arch, params)``, with strict key and shape checks."""
     ckpt = load_pth(path)
     state_dict, config = split_checkpoint(ckpt, ema=ema, path=str(path))
+    return _params_from_state_dict(state_dict, config, post_norm)
+
+
+def _params_from_state_dict(state_dict: dict[str, np.ndarray], config: Mapping | None,
+                            post_norm: bool | None) -> tuple[Arch, dict]:
+    """``(arch, params)`` of an official-layout state dict; ``config`` is the official config's fields, if any."""
     said = official_post_norm(config) if isinstance(config, Mapping) else None
     found = arch_from_state_dict(state_dict, post_norm=said if post_norm is None else post_norm)
     arch = found
@@ -132,6 +138,45 @@ def params_from_torch(path: str | os.PathLike, *, ema: bool = False,
         if post_norm is not None:
             arch = arch.replace(post_norm=post_norm)
     return arch, torch_to_flax(state_dict, arch, found=found)
+
+
+def params_from_safetensors(path: str | os.PathLike, *, post_norm: bool | None = None) -> tuple[Arch, dict]:
+    """``(arch, params)`` from a ``.safetensors`` file holding the official state dict (what
+    :func:`save_safetensors` writes, or a model zoo's): the same strict checks as a ``.pth``; the
+    architecture in its metadata, where present, is checked against the weights and supplies pre/post-norm."""
+    path = as_path(path)
+    check_regular_file(path, "checkpoint")
+    data = path.read_bytes()  # bounded by the file's size; local or gs://
+    tensors, metadata = _parse_safetensors(data, str(path))
+    text = metadata.get(ARCH_META_KEY)
+    config = official_config(Arch.from_json(text)) if isinstance(text, str) else None
+    return _params_from_state_dict(_numpy_state_dict(tensors, str(path)), config, post_norm)
+
+
+def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, np.ndarray], dict]:
+    """``(tensors, metadata)``; the header's length claim is checked against the file before it is read."""
+    from safetensors import SafetensorError  # noqa: PLC0415 - only where safetensors files are used
+    from safetensors.numpy import load  # noqa: PLC0415
+
+    if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
+        raise CheckpointError(f"{source} is not a safetensors file (its header is missing or longer than the file)")
+    try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        tensors = load(data)
+    except (SafetensorError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{source} is not a readable safetensors file ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return tensors, metadata if isinstance(metadata, dict) else {}
+
+
+def save_safetensors(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
+    """The official state dict (the same keys and layouts as :func:`export_torch`'s ``model``, or a bare
+    backbone's) as safetensors, with ``arch`` in its metadata; no pickle anywhere."""
+    from safetensors.numpy import save  # noqa: PLC0415
+
+    state_dict = {key: np.ascontiguousarray(value) for key, value in flax_to_torch(params, arch).items()}
+    _write_atomically(save(state_dict, metadata={"format": "pt", ARCH_META_KEY: arch.to_json()}), path)
 
 
 def export_torch(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
@@ -215,6 +260,10 @@ def save_msgpack(params: Mapping, arch: Arch, path: str | os.PathLike) -> None:
     params = jax.tree.map(np.asarray, params)
     payload = serialization.msgpack_serialize(
         {"arch": arch.to_json(), "params": params, "checksums": checksums(params, arch)})
+    _write_atomically(payload, path)
+
+
+def _write_atomically(payload: bytes, path: str | os.PathLike) -> None:
     if is_remote(path):  # an object store replaces whole objects atomically
         as_path(path).write_bytes(payload)
         return
@@ -285,12 +334,17 @@ def load_converted(path: str | os.PathLike, *, verify: bool = True) -> tuple[Arc
 
 def load_any(path: str | os.PathLike, *, ema: bool = False, post_norm: bool | None = None,
              verify: bool = True) -> tuple[Arch, dict]:
-    """``(arch, params)`` from a ``.pth`` (converted on the fly), an Orbax directory or a ``.msgpack``."""
+    """``(arch, params)`` from a ``.pth`` or ``.safetensors`` (converted on the fly), an Orbax directory or a
+    ``.msgpack``."""
     path = as_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if path.is_dir() or path.suffix == ".msgpack":
         return load_converted(path, verify=verify)
+    if path.suffix == ".safetensors":
+        if ema:
+            raise CheckpointError(f"{path}: EMA weights were asked for, but a .safetensors file holds one set")
+        return params_from_safetensors(path, post_norm=post_norm)
     return params_from_torch(path, ema=ema, post_norm=post_norm)
 
 

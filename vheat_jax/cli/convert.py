@@ -2,15 +2,18 @@
 
 The output format follows OUTPUT: a name ending in .pth is a PyTorch file that the
 official code loads with load_state_dict(strict=True) (classification weights under
-"model", backbones under "state_dict" with the "backbone." prefix); .msgpack is one
-self-describing Flax file; anything else is an Orbax checkpoint directory. The input
-may be any of the three. PyTorch is not needed and nothing in a .pth is executed.
+"model", backbones under "state_dict" with the "backbone." prefix); .safetensors holds
+the same official state dict without any pickle (the architecture in its metadata), as
+JAX model zoos trade weights; .msgpack is one self-describing Flax file; anything else is
+an Orbax checkpoint directory. The input may be any of the four. PyTorch is not needed
+and nothing in a .pth is executed.
 
 examples:
   python convert_torch.py vHeat_tiny.pth vheat_tiny_orbax            # for eval.py / train.py
   python convert_torch.py vHeat_tiny.pth tiny_ema.msgpack --ema       # EMA weights, one file
   python convert_torch.py vHeat_tiny.pth tiny_512.pth --img-size 512  # official zero-pad recipe
   python convert_torch.py vheat_tiny_orbax back.pth                   # export to PyTorch
+  python convert_torch.py vHeat_tiny.pth vheat_tiny.safetensors        # no pickle: for model zoos
 
 Flags may be spelled with '-' or '_' (--img-size, --img_size).
 """
@@ -43,7 +46,7 @@ def main(argv: list[str]) -> None:
     import jax
     import numpy as np
 
-    from vheat_jax.convert import export_torch, load_any, save_msgpack, save_orbax
+    from vheat_jax.convert import export_torch, load_any, save_msgpack, save_orbax, save_safetensors
     from vheat_jax.forms import adapt_img_size, to_inference_form
 
     FLAGS = flags.FLAGS
@@ -61,6 +64,8 @@ def main(argv: list[str]) -> None:
             arch, params = to_inference_form(params, arch)
         if output.suffix == ".pth":
             export_torch(params, arch, output)
+        elif output.suffix == ".safetensors":
+            save_safetensors(params, arch, output)
         elif output.suffix == ".msgpack":
             save_msgpack(params, arch, output)
         else:
