@@ -12,8 +12,10 @@ Sections (each a list of rows in the JSON):
   A100 figure scaled by (measured bf16 matmul peak / A100's 312 TFLOP/s).
 * ``high_resolution``: vHeat-T at 512/768/1024 beside the ViT baseline of ``bench/scaling.py``
   (DeiT-S shape): latency, compiled memory, and the device's peak memory where it reports one.
-* ``train_step``: vHeat-T forward + backward + clipping + AdamW at batch 128 in bfloat16: images/s,
-  peak memory, and MFU (XLA's flop count of the step / time / measured bf16 matmul peak).
+* ``train_step``: vHeat-T/S/B forward + backward + clipping + AdamW at batch 128 in bfloat16: images/s,
+  peak memory, and MFU: the model's FLOPs (``vheat_jax.flops``: 2 x the forward's MACs, training
+  3 x the forward) / time / measured bf16 matmul peak. XLA's ``cost_analysis()`` is not used for it:
+  on GPU it leaves out cuBLAS and fused calls (143.8 GFLOP counted for a ~3.5 TFLOP step).
 * ``hco_forms`` / ``dwconv_forms``: the heat operator in each form of ``vheat_jax.heat.HCO_FORMS``
   and the depthwise 3x3 conv as shifted multiply-adds vs. XLA's grouped convolution, forward +
   backward at vHeat-T's stage shapes: what a per-backend choice would pick.
@@ -42,6 +44,7 @@ from vit_baseline import ViT  # noqa: E402
 
 from vheat_jax import create_model  # noqa: E402
 from vheat_jax.benchmark import live_bytes, time_jitted  # noqa: E402
+from vheat_jax.flops import model_macs  # noqa: E402
 from vheat_jax.heat import HCO_FORMS, heat_diffuse  # noqa: E402
 from vheat_jax.ops import depthwise_conv3x3  # noqa: E402
 
@@ -86,8 +89,10 @@ def throughput(setup: dict, bf16_tflops: float) -> list[dict]:
             images = jnp.ones((setup["batch"], setup["size"], setup["size"], 3), jnp.float32)
             params = jax.jit(model.init)(jax.random.key(0), images[:1])
             result = timed(lambda p, x: model.apply(p, x), params, images, iters=setup["iters"])
+            flops = forward_flops(model, params["params"], setup["batch"], setup["size"])
             rows.append({"model": name, "dtype": dtype, "batch": setup["batch"], "size": setup["size"],
-                         "img_s": setup["batch"] / result["median_s"],
+                         "img_s": setup["batch"] / result["median_s"], "model_flops": flops,
+                         "mfu_vs_measured_bf16_peak": flops / result["median_s"] / (bf16_tflops * 1e12),
                          "paper_a100_img_s": PAPER_A100_IMG_S[name],
                          "paper_scaled_to_this_device_img_s": PAPER_A100_IMG_S[name] * scale, **result})
     return rows
@@ -108,11 +113,21 @@ def high_resolution(setup: dict) -> list[dict]:
     return rows
 
 
+def forward_flops(model, params, batch: int, size: int) -> float:
+    """The model's FLOPs for one forward pass of ``batch`` images: 2 x its multiply-accumulates."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    return 2.0 * model_macs(model, shapes, batch=batch, img_hw=(size, size))
+
+
 def train_step(setup: dict, bf16_tflops: float) -> list[dict]:
+    return [row for name in setup["variants"] for row in _train_step(name, setup, bf16_tflops)]
+
+
+def _train_step(name: str, setup: dict, bf16_tflops: float) -> list[dict]:
     """The trainer's step without its input pipeline: CE loss, grads, clip, AdamW, on one device."""
     size, batch = setup["size"], setup["train_batch"]
     dtype = jnp.bfloat16 if setup is MODES["full"] else jnp.float32
-    model = create_model("vheat_tiny", img_size=size, dtype=dtype, drop_path_rate=0.0, **setup["model"])
+    model = create_model(name, img_size=size, dtype=dtype, drop_path_rate=0.0, **setup["model"])
     images = jnp.ones((batch, size, size, 3), jnp.float32)
     labels = jnp.zeros((batch,), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
@@ -129,9 +144,10 @@ def train_step(setup: dict, bf16_tflops: float) -> list[dict]:
         return optax.apply_updates(params, updates), opt_state, loss
 
     result = timed(step, params, opt_state, images, labels, iters=setup["iters"])
-    mfu = result["flops"] / result["median_s"] / (bf16_tflops * 1e12) if result["flops"] else None
-    return [{"model": "vheat_tiny", "dtype": jnp.dtype(dtype).name, "batch": batch, "size": size,
-             "img_s": batch / result["median_s"], "mfu_vs_measured_bf16_peak": mfu, **result}]
+    flops = 3 * forward_flops(model, params, batch, size)  # forward + backward (2 x forward)
+    return [{"model": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "size": size,
+             "img_s": batch / result["median_s"], "model_flops": flops,
+             "mfu_vs_measured_bf16_peak": flops / result["median_s"] / (bf16_tflops * 1e12), **result}]
 
 
 def hco_forms(setup: dict) -> list[dict]:
