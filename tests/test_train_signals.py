@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_support import checkpoint_steps, read_metrics, subprocess_env, train_command
+from train_support import ROOT, TINY_CONFIG, checkpoint_steps, read_metrics, subprocess_env, train_command
 
 pytest_plugins = ("train_fixtures",)  # fixtures: image_folder, jax_cache_dir
 
@@ -28,8 +28,9 @@ OVERRIDES = ("--config.num_workers=1", "--config.num_steps=8", "--config.eval_ev
 class Run:
     """train.py in its own process group, its stderr read line by line as it comes."""
 
-    def __init__(self, workdir: Path, data: Path, env: dict, *extra: str):
-        self.process = subprocess.Popen(train_command(workdir, data, *OVERRIDES, *extra), env=env, text=True,
+    def __init__(self, workdir: Path, data: Path | None, env: dict, *extra: str, config: Path = TINY_CONFIG):
+        self.process = subprocess.Popen(train_command(workdir, data, *OVERRIDES, *extra, config=config), env=env,
+                                        text=True,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
@@ -130,3 +131,17 @@ def test_a_worker_killed_without_a_stop_signal_is_one_line_and_keeps_the_checkpo
     assert "a data-loader worker process died (killed by SIGKILL)" in error[0]
     assert "the checkpoint at step 2 holds the run" in error[0]
     assert checkpoint_steps(tmp_path) == [2]
+
+
+def test_segmentation_with_loader_workers_stops_on_a_process_group_sigterm_and_resumes(tmp_path, env):
+    """UperNet's training loader runs in grain workers too: the group's SIGTERM saves (during the evaluation or
+    at the next step, whichever it lands in), exits 0, and the resumed run evaluates at 4 and at the end."""
+    config = ROOT / "tests" / "seg_tiny_config.py"
+    run = Run(tmp_path, None, env, config=config)
+    run.wait_for("evaluating at step 4")
+    os.killpg(run.process.pid, signal.SIGTERM)
+    assert run.finish() == 0, run.stderr[-3000:]
+    assert "saved the checkpoint at step" in run.stderr and "Traceback" not in run.stderr
+    resumed = Run(tmp_path, None, env, config=config)
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert [row["step"] for row in read_metrics(tmp_path) if "eval/mIoU" in row] == [4, 8]

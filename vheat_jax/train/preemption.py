@@ -31,8 +31,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 
-class PreemptedDuringEvaluation(Exception):
-    """A preemption signal arrived while evaluation ran (one process): the evaluation is skipped."""
+class PreemptedDuringEvaluation(BaseException):
+    """A preemption signal arrived while evaluation ran (one process): the evaluation is skipped.
+
+    Raised from the signal handler wherever the main thread is, so it is a ``BaseException`` like
+    ``KeyboardInterrupt``: library code's ``except Exception`` (logging's own emit, for one) must not
+    swallow it."""
 
 
 class PreemptionWatcher:
