@@ -38,20 +38,12 @@ from vheat_jax.det.data import CocoSource, DetLoader
 from vheat_jax.det.evaluate import coco_evaluate, predict_coco_results
 from vheat_jax.det.model import MaskRCNN
 from vheat_jax.train import loop, sharding
+from vheat_jax.train.backbone import backbone_arch, runtime_fields
 from vheat_jax.train.config import ConfigError
-from vheat_jax.variants import VARIANTS
 
 EXPORT_FILE = "maskrcnn_mmdet.pth"
-BACKBONE_FIELDS = ("dims", "depths", "post_norm", "layer_scale")
-
-
 def build_model(config) -> tuple[MaskRCNN, MaskRCNNConfig, Arch]:
-    variant = dict(VARIANTS[config.model.name])
-    for name in BACKBONE_FIELDS:
-        if name in config.model:
-            variant[name] = config.model[name]
-    arch = Arch(dims=int(variant["dims"]), depths=tuple(variant["depths"]), post_norm=bool(variant["post_norm"]),
-                layer_scale=variant["layer_scale"], img_size=int(config.model.img_size), num_classes=None)
+    arch = backbone_arch(config, img_size=config.model.img_size, num_classes=None)
     det = MaskRCNNConfig(
         num_classes=config.num_classes, fpn_channels=config.model.fpn_channels,
         rpn_feat_channels=config.model.rpn_feat_channels, fc_channels=config.model.fc_channels,
@@ -61,8 +53,7 @@ def build_model(config) -> tuple[MaskRCNN, MaskRCNNConfig, Arch]:
                                        max_per_img=config.rpn_proposal_max_per_img, iou_threshold=0.7),
             rcnn_sampler=SamplerConfig(config.rcnn_sampler_num, 0.25, True), max_gt=config.max_gt))
     det = det.replace(rpn_test=RPNTestConfig(nms_pre=config.rpn_test_nms_pre, max_per_img=config.rpn_test_max_per_img))
-    model = MaskRCNN(det, arch, dtype=loop.compute_dtype(config.compute_dtype),
-                     drop_path_rate=config.model.drop_path_rate, remat=config.remat)
+    model = MaskRCNN(det, arch, **runtime_fields(config))
     return model, det, arch
 
 

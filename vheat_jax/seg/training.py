@@ -18,13 +18,10 @@ import optax
 from flax import struct
 
 from vheat_jax.seg.metrics import IGNORE_INDEX
-from vheat_jax.seg.model import UperNet, UperNetConfig, upernet_config
+from vheat_jax.seg.model import UperNet, UperNetConfig
 from vheat_jax.seg.optim import create_optimizer
 from vheat_jax.seg.resample import resize_bilinear
-from vheat_jax.train.loop import compute_dtype
-
-BACKBONE_FIELDS = ("dims", "depths", "post_norm", "layer_scale")
-
+from vheat_jax.train.backbone import backbone_arch, runtime_fields
 
 @struct.dataclass
 class SegTrainState:
@@ -36,18 +33,14 @@ class SegTrainState:
 
 def model_config(config) -> UperNetConfig:
     m = config.model
-    overrides = {name: m[name] for name in BACKBONE_FIELDS if name in m}
-    if "depths" in overrides:
-        overrides["depths"] = tuple(overrides["depths"])
-    cfg = upernet_config(m.name, num_classes=config.num_classes, img_size=m.img_size, channels=m.channels,
-                         aux_channels=m.aux_channels, pool_scales=tuple(m.pool_scales), dropout_ratio=m.dropout_ratio)
-    return cfg.replace(backbone=cfg.backbone.replace(**overrides))
+    return UperNetConfig(backbone=backbone_arch(config, img_size=m.img_size, num_classes=None),
+                         num_classes=config.num_classes, channels=m.channels, aux_channels=m.aux_channels,
+                         pool_scales=tuple(m.pool_scales), dropout_ratio=m.dropout_ratio)
 
 
 def build_model(config) -> tuple[UperNetConfig, UperNet]:
     cfg = model_config(config)
-    return cfg, cfg.build(drop_path_rate=config.model.drop_path_rate, dtype=compute_dtype(config.compute_dtype),
-                          remat=config.remat)
+    return cfg, cfg.build(**runtime_fields(config))
 
 
 def seg_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:

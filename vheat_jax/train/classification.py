@@ -21,30 +21,20 @@ import optax
 from absl import logging
 
 from vheat_jax import paths
-from vheat_jax.paths import DataReadError
 from vheat_jax.data import create_eval_loader, create_train_loader, iterating, make_source, on_device
 from vheat_jax.data.pipeline import make_mixup
 from vheat_jax.model import VHeat
+from vheat_jax.paths import DataReadError
 from vheat_jax.train import loop, optim, sharding
+from vheat_jax.train.backbone import backbone_arch, runtime_fields
 from vheat_jax.train.config import ConfigError
-from vheat_jax.train.loop import compute_dtype
 from vheat_jax.train.pretrained import load_pretrained
 from vheat_jax.train.state import TrainState, ema_update, new_train_state
-from vheat_jax.variants import create_model
 
 
 def build_model(config) -> VHeat:
-    overrides = {key: value for key, value in config.model.items() if key != "name"}
-    if "depths" in overrides:
-        overrides["depths"] = tuple(overrides["depths"])
-    return create_model(
-        config.model.name,
-        num_classes=config.num_classes,
-        img_size=config.image_size,
-        dtype=compute_dtype(config.compute_dtype),
-        remat=config.remat,
-        **overrides,
-    )
+    arch = backbone_arch(config, img_size=config.image_size, num_classes=config.num_classes)
+    return arch.build(**runtime_fields(config))
 
 
 def data_config(config, workdir: Path) -> ml_collections.ConfigDict:

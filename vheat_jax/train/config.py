@@ -66,8 +66,14 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     config.num_workers = 4  # loader workers per host
     config.seed = 0
 
-    # --- Model: a vheat_jax variant (vheat_tiny / small / base), any backbone field overridable ---
-    config.model = ml_collections.ConfigDict(dict(name="vheat_tiny", drop_path_rate=0.1))
+    # --- Model: a vheat_jax variant (vheat_tiny / small / base), any backbone field overridable
+    # (None: the variant's); every task builds its backbone from these (vheat_jax.train.backbone) ---
+    config.model = ml_collections.ConfigDict(dict(
+        name="vheat_tiny", drop_path_rate=0.1,
+        dims=config_dict.placeholder(int), depths=config_dict.placeholder(tuple),
+        post_norm=config_dict.placeholder(bool), layer_scale=config_dict.placeholder(float),
+        hco_form="auto",  # vheat_jax.heat.HCO_FORMS; "auto" picks for the running backend
+    ))
     config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
     config.remat = False  # rematerialise each Heat block in the backward pass (less memory, more compute)
     config.fsdp = False  # shard params and optimizer state over the data axis (ZeRO-3 style)
