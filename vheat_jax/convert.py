@@ -332,6 +332,21 @@ def load_converted(path: str | os.PathLike, *, verify: bool = True) -> tuple[Arc
     return arch, params
 
 
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """``"segmentation"`` (an mmseg UperNet ``.pth``), ``"detection"`` (an mmdet Mask R-CNN ``.pth``) or
+    ``"classification"`` (anything else: a vHeat classifier or backbone, as eval.py and init_from read)."""
+    path = as_path(path)
+    if path.is_dir() or path.suffix != ".pth":
+        return "classification"
+    state = load_pth(path)
+    state = state.get("state_dict", {}) if isinstance(state, dict) else {}
+    if any(str(key).startswith("decode_head.") for key in state):
+        return "segmentation"
+    if any(str(key).startswith("roi_head.") for key in state):
+        return "detection"
+    return "classification"
+
+
 def load_any(path: str | os.PathLike, *, ema: bool = False, post_norm: bool | None = None,
              verify: bool = True) -> tuple[Arch, dict]:
     """``(arch, params)`` from a ``.pth`` or ``.safetensors`` (converted on the fly), an Orbax directory or a

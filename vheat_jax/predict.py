@@ -18,28 +18,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vheat_jax.paths import as_path
-from vheat_jax.torch_io import load_pth
 
 OVERLAY_ALPHA = 0.5
 
 
 class UndecodableImageError(ValueError):
     """An input image that PIL cannot decode."""
-
-
-def checkpoint_kind(path: str | os.PathLike) -> str:
-    """``"segmentation"`` (an mmseg UperNet ``.pth``), ``"detection"`` (an mmdet Mask R-CNN ``.pth``) or
-    ``"classification"`` (anything else eval.py reads)."""
-    path = as_path(path)
-    if path.is_dir() or path.suffix != ".pth":
-        return "classification"
-    state = load_pth(path)
-    state = state.get("state_dict", {}) if isinstance(state, dict) else {}
-    if any(str(key).startswith("decode_head.") for key in state):
-        return "segmentation"
-    if any(str(key).startswith("roi_head.") for key in state):
-        return "detection"
-    return "classification"
 
 
 def read_rgb(image: str | os.PathLike) -> np.ndarray:

@@ -50,9 +50,10 @@ def main(argv: list[str]) -> None:
     except ValueError:
         common.fail(f"--scale={FLAGS.scale}: expected two integers, long,short (e.g. 1333,800)")
     from vheat_jax import predict
+    from vheat_jax.convert import checkpoint_kind
 
     try:
-        kind = predict.checkpoint_kind(FLAGS.checkpoint)
+        kind = checkpoint_kind(FLAGS.checkpoint)
         if kind == "classification":
             labels = Path(FLAGS.labels).read_text().splitlines() if FLAGS.labels else None
             classifier = predict.Classifier.load(FLAGS.checkpoint, FLAGS.config, ema=FLAGS.ema)

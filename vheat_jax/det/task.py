@@ -24,12 +24,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 from vheat_jax import paths
-from vheat_jax.arch import Arch
-from vheat_jax.convert import read_mmengine_checkpoint
+from vheat_jax.arch import Arch, check_arch
+from vheat_jax.convert import checkpoint_kind
 from vheat_jax.data.pipeline import eval_shard_bounds
 from vheat_jax.det import checkpoint as det_checkpoint
 from vheat_jax.det import detector, training
@@ -38,7 +37,7 @@ from vheat_jax.det.data import CocoSource, DetLoader
 from vheat_jax.det.evaluate import coco_evaluate, predict_coco_results
 from vheat_jax.det.model import MaskRCNN
 from vheat_jax.train import loop, sharding
-from vheat_jax.train.backbone import backbone_arch, runtime_fields
+from vheat_jax.train.backbone import OUT_NORM_PREFIX, backbone_arch, pretrained_backbone, runtime_fields
 from vheat_jax.train.config import ConfigError
 
 EXPORT_FILE = "maskrcnn_mmdet.pth"
@@ -77,13 +76,6 @@ def make_source(config, workdir: Path, split: str, train: bool) -> CocoSource:
             raise ConfigError("config.data_dir is required for dataset='coco' (a COCO root with annotations/)")
         return CocoSource(config.data_dir, split, train=train)
     raise ConfigError(f"config.dataset = {config.dataset!r}: the detection trainer reads 'coco' or 'shapes'")
-
-
-def _is_mmdet_checkpoint(path: str) -> bool:
-    if not str(path).endswith(".pth"):
-        return False
-    _, state_dict = read_mmengine_checkpoint(path)
-    return any(key.startswith("roi_head.") for key in state_dict)
 
 
 def gather_json(obj) -> list:
@@ -128,12 +120,16 @@ class DetectionTask(loop.Task):
     def initial_state(self, shardings):
         config = self.config
         params = jax.jit(lambda key: training.init_params(self.model, key))(jax.random.key(config.seed))
-        if config.init_from and _is_mmdet_checkpoint(config.init_from):
-            _, _, params, _ = det_checkpoint.read_mmdet_checkpoint(config.init_from, config=self.det_config)
+        if config.init_from and checkpoint_kind(config.init_from) == "detection":
+            _, found, params, _ = det_checkpoint.read_mmdet_checkpoint(config.init_from, config=self.det_config,
+                                                                        post_norm=config.init_post_norm)
+            check_arch(found, self.arch, found_what=f"init_from checkpoint {config.init_from}",
+                       asked_what="config.model")
         elif config.init_from:
-            params, fresh = training.backbone_from_pretrained(jax.device_get(params), config.init_from,
-                                                              ema=config.init_from_ema)
-            logging.info("backbone from %s (kept fresh: %s)", config.init_from, ", ".join(fresh) or "none")
+            params = jax.device_get(params)
+            params["backbone"] = pretrained_backbone(
+                config.init_from, self.arch, params["backbone"], ema=config.init_from_ema,
+                post_norm=config.init_post_norm, method=config.init_adapt_method, may_stay_fresh=(OUT_NORM_PREFIX,))
         return jax.jit(lambda p: training.new_state(p, self._tx), out_shardings=shardings)(params)
 
     def train_step(self, state, batch):

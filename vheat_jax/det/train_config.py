@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
     ))
     # init_from: an mmdetection checkpoint (whole detector), else an ImageNet vHeat checkpoint
     # (backbone only; .pth / converted); empty: random.
+    config.init_adapt_method = "zero_pad"  # the official interpolate4downstream.py recipe
 
     # --- Optimizer and schedule ---
     config.optimizer = ml_collections.ConfigDict(dict(

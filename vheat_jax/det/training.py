@@ -105,35 +105,3 @@ def make_train_step(model: MaskRCNN, tx, schedule, *, seed: int, group_size: int
 def init_params(model: MaskRCNN, key: jax.Array, image_shape: tuple[int, int] = (64, 64)):
     images = jnp.zeros((1, *image_shape, 3), jnp.float32)
     return model.init({"params": key}, images)["params"]
-
-
-def backbone_from_pretrained(params, path: str, *, ema: bool = False):
-    """Replaces ``params["backbone"]`` with an ImageNet (or dense) vHeat checkpoint's weights.
-
-    The classifier is not used; the out-norms keep their fresh initialisation when
-    the checkpoint has none (classification checkpoints), as the official
-    ``MMDET_VHEAT`` loading does (``strict=False``). Frequency embeddings keep the
-    checkpoint's size (they are resized to each feature size at run time).
-    """
-    from vheat_jax.convert import load_any
-
-    found, loaded = load_any(path, ema=ema)
-    fresh = traverse_util.flatten_dict(params["backbone"])
-    loaded = traverse_util.flatten_dict(loaded)
-    merged, missing = {}, []
-    for path_key, value in fresh.items():
-        other = loaded.get(path_key)
-        if other is not None:
-            if tuple(other.shape) != tuple(value.shape):
-                raise ValueError(f"{path}: {'/'.join(path_key)} is {tuple(other.shape)}, the detector's backbone "
-                                 f"has {tuple(value.shape)} (a different vHeat variant or img_size?)")
-            merged[path_key] = jnp.asarray(other, jnp.float32)
-        else:
-            if path_key[0].startswith("outnorm_"):
-                merged[path_key] = value
-                missing.append("/".join(path_key))
-            else:
-                raise ValueError(f"{path}: no {'/'.join(path_key)} (found architecture {found})")
-    out = dict(params)
-    out["backbone"] = traverse_util.unflatten_dict(merged)
-    return out, missing

@@ -11,7 +11,6 @@ checkpoints every 16,000, slide inference 512 / 341.
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
 from vheat_jax.train.config import base_config
 
@@ -55,6 +54,5 @@ def default_seg_config() -> ml_collections.ConfigDict:
 
     # --- Initialisation: init_from is an ImageNet checkpoint (ours: Orbax dir / .msgpack; official .pth)
     # or an mmseg UperNet .pth ---
-    config.init_adapt_method = "zero_pad"  # frequency embeddings to img_size: official zero_pad, or bicubic
-    config.init_post_norm = config_dict.placeholder(bool)  # for checkpoints that do not say
+    config.init_adapt_method = "zero_pad"  # the official interpolate4downstream.py recipe
     return config

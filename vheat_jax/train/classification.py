@@ -202,7 +202,8 @@ class StateFactory:
     def from_pretrained(self, path: str, *, ema: bool) -> TrainState:
         """Weights from ``path``; the fresh initialization supplies what fine-tuning replaces (the classifier)."""
         fresh = jax.jit(self._init_params, out_shardings=self.shardings.params)(self._rng)
-        params = load_pretrained(path, self.model, jax.device_get(fresh), ema=ema)
+        params = load_pretrained(path, self.model, jax.device_get(fresh), ema=ema,
+                                 post_norm=self.config.init_post_norm, method=self.config.init_adapt_method)
         params = jax.device_put(params, self.shardings.params)
         return jax.jit(lambda p: new_train_state(p, self.tx), out_shardings=self.shardings)(params)
 

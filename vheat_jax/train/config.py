@@ -95,6 +95,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     # --- Fine-tuning source (what each task accepts: its module's docstring) ---
     config.init_from = ""
     config.init_from_ema = False  # with a .pth of the official trainer: its model_ema weights
+    # Frequency embeddings to the run's img_size: "bicubic" (PyTorch-identical), or the official
+    # downstream recipe "zero_pad" (grows only; seg/det default to it). post_norm: for files that do not say.
+    config.init_adapt_method = "bicubic"
+    config.init_post_norm = config_dict.placeholder(bool)
 
     # --- Multi-process runs (see vheat_jax/train/distributed.py) ---
     config.distributed = ml_collections.ConfigDict(
