@@ -13,14 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from vheat_jax.errors import ArchitectureMismatchError
 from vheat_jax.model import VHeat, VHeatBackbone
-from vheat_jax.torch_io import CheckpointError
 
 log = logging.getLogger(__name__)
-
-
-class ArchitectureMismatchError(CheckpointError):
-    """The weights do not fit the architecture asked for, or a checkpoint describes its architecture wrongly."""
 
 
 def _is_int(value: Any) -> bool:

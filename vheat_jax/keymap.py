@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from vheat_jax.arch import Arch, ArchitectureMismatchError, arch_differences
+from vheat_jax.arch import Arch, arch_differences
+from vheat_jax.errors import KeyMismatchError
 
 FlaxPath = tuple[str, ...]
 
@@ -100,10 +101,6 @@ def expected_torch_shapes(arch: Arch) -> dict[str, tuple[FlaxPath, Layout, tuple
         layout = layout_of(path, len(shape))
         table[torch_key(path, arch.depths)] = (path, layout, _to_torch_shape(layout, shape))
     return table
-
-
-class KeyMismatchError(ArchitectureMismatchError):
-    """Keys or shapes of a state dict do not fit the architecture."""
 
 
 def table_mismatches(state_dict: Mapping[str, Any], table: Mapping[str, tuple]) -> tuple[list, list, list]:

@@ -17,6 +17,8 @@ import uuid
 
 from etils import epath
 
+from vheat_jax.errors import DataReadError, NotAFileError, UnsupportedPathError
+
 try:  # gcsfs caches directory listings per process; files that tensorstore (Orbax) writes bypass it,
     # so a cached listing would hide new checkpoints. A user's own fsspec setting wins.
     import fsspec.config
@@ -30,10 +32,6 @@ except ImportError:  # no fsspec: no gs:// either (check_supported says so)
 _GCS_MODULES = {"gcsfs": "gcsfs", "google.cloud.storage": "google-cloud-storage"}
 
 
-class UnsupportedPathError(ValueError):
-    """A path this installation cannot read or write (one line naming the fix)."""
-
-
 def is_remote(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
@@ -42,10 +40,6 @@ def as_path(path: str | os.PathLike) -> epath.Path:
     """``path`` as an ``epath.Path``: URLs unchanged, local paths absolute."""
     result = epath.Path(path)
     return result if is_remote(path) else result.absolute()
-
-
-class NotAFileError(UnsupportedPathError):
-    """A path that should be a regular file is a folder, a device, a FIFO or a socket (or a link to one)."""
 
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
@@ -125,10 +119,6 @@ READ_BACKOFF_S = 0.2
 """An image read that fails with an I/O error is retried after 0.2, 0.4, 0.8, 1.6 s (a network store's
 transient error), then stops the run: silently dropping it would thin the data. Bytes that are read but do
 not decode are a different thing, a corrupt image, counted and replaced by the pipeline."""
-
-
-class DataReadError(OSError):
-    """A training or evaluation file could not be read, even after retries."""
 
 
 def read_with_retry(path, attempts: int = READ_ATTEMPTS, backoff_s: float = READ_BACKOFF_S) -> bytes:

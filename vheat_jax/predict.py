@@ -17,13 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vheat_jax.errors import UndecodableImageError
 from vheat_jax.paths import as_path
 
 OVERLAY_ALPHA = 0.5
-
-
-class UndecodableImageError(ValueError):
-    """An input image that PIL cannot decode."""
 
 
 def read_rgb(image: str | os.PathLike) -> np.ndarray:

@@ -59,6 +59,7 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
+from vheat_jax.errors import CheckpointError, UnsafeCheckpointError
 from vheat_jax.paths import as_path, check_regular_file, is_remote
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "OpaqueObject", "load_pth", "save_pth"]
@@ -72,14 +73,6 @@ MAX_NESTING = 100
 VIEW_FACTOR = 4
 """How many times over the tensors of one storage may materialise its elements (tied weights share a storage;
 a stride-0 view of 16 bytes could otherwise claim gigabytes)."""
-
-
-class CheckpointError(ValueError):
-    """The file is not a checkpoint this module can read: unreadable, corrupt or unsupported."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The checkpoint's pickle tries to use or call something other than tensor and container rebuilds."""
 
 
 class OpaqueObject(dict):

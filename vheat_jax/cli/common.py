@@ -25,10 +25,8 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from vheat_jax.arch import ArchitectureMismatchError
-from vheat_jax.paths import DataReadError, UnsupportedPathError
-from vheat_jax.torch_io import CheckpointError
-from vheat_jax.train.config import RENAMED_FIELDS, ConfigError, check_config
+from vheat_jax.errors import RUN_STOPS, USER_ERRORS, ConfigError
+from vheat_jax.train.config import RENAMED_FIELDS, check_config
 
 OVERRIDES_HELP = """\
 Config overrides: every field of the config file can be set on the command line,
@@ -37,9 +35,6 @@ Config overrides: every field of the config file can be set on the command line,
   --config=FILE:ARG calls FILE's get_config(ARG) (e.g. configs/vheat_t.py:tfds).
 Logging: -v 1 (--verbosity=1) also shows orbax's, grain's and JAX's own INFO lines."""
 
-# Exceptions that mean "the input is wrong", not "the code is wrong": one line, exit 2.
-USER_ERRORS = (ConfigError, CheckpointError, ArchitectureMismatchError, UnsupportedPathError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, IsADirectoryError, PermissionError)
 # Libraries whose INFO logs (several lines per checkpoint) would drown the progress lines.
 _CHATTY_LIBRARIES = ("/orbax/", "/grain/", "/gcsfs/", "/jax/_src/xla_bridge", "/jax/_src/distributed")
 
@@ -217,18 +212,12 @@ def run(main: Callable[[list[str]], None], *, doc: str, module_name: str, config
         runtime.reexec_with_huge_pages()  # faster XLA:CPU steps; see vheat_jax/runtime.py
 
     def guarded_main(remaining: list[str]) -> None:
-        from vheat_jax.train.checkpointing import CheckpointWriteError, NonFiniteStateError
-        from vheat_jax.train.loop import TrainingDivergedError
-        from vheat_jax.train.workdir_lock import WorkdirLockedError
-
         quiet_library_logs()
         try:
             main(remaining)
-        except (TrainingDivergedError, NonFiniteStateError, CheckpointWriteError, DataReadError) as err:  # stopped
+        except RUN_STOPS as err:  # the run stopped on its own; the last checkpoint holds it
             fail(str(err), status=1)
-        except WorkdirLockedError as err:
-            fail(str(err))
-        except USER_ERRORS as err:
+        except USER_ERRORS as err:  # the input is wrong, not the code
             fail(str(err))
         except OSError as err:  # a full disk wherever it hits first: metrics, TensorBoard, an export
             if err.errno != errno.ENOSPC:

@@ -52,22 +52,19 @@ def main(argv: list[str]) -> None:
     from vheat_jax import predict
     from vheat_jax.convert import checkpoint_kind
 
-    try:
-        kind = checkpoint_kind(FLAGS.checkpoint)
-        if kind == "classification":
-            labels = Path(FLAGS.labels).read_text().splitlines() if FLAGS.labels else None
-            classifier = predict.Classifier.load(FLAGS.checkpoint, FLAGS.config, ema=FLAGS.ema)
-            for image in images:
-                print(json.dumps({"image": image, "top": classifier.top_k(image, FLAGS.top_k, labels)}), flush=True)
-            return
-        out = as_path(FLAGS.out)
-        check_output(out / "overlay.png", "--out")
-        draw = predict.segmentation_overlays if kind == "segmentation" else predict.detection_overlays
-        for image, written in zip(images, draw(FLAGS.checkpoint, images, out, score_thr=FLAGS.score_thr,
-                                               scale=scale)):
-            print(json.dumps({"image": image, "overlay": str(written)}), flush=True)
-    except predict.UndecodableImageError as err:
-        common.fail(str(err))
+    kind = checkpoint_kind(FLAGS.checkpoint)
+    if kind == "classification":
+        labels = Path(FLAGS.labels).read_text().splitlines() if FLAGS.labels else None
+        classifier = predict.Classifier.load(FLAGS.checkpoint, FLAGS.config, ema=FLAGS.ema)
+        for image in images:
+            print(json.dumps({"image": image, "top": classifier.top_k(image, FLAGS.top_k, labels)}), flush=True)
+        return
+    out = as_path(FLAGS.out)
+    check_output(out / "overlay.png", "--out")
+    draw = predict.segmentation_overlays if kind == "segmentation" else predict.detection_overlays
+    for image, written in zip(images, draw(FLAGS.checkpoint, images, out, score_thr=FLAGS.score_thr,
+                                           scale=scale)):
+        print(json.dumps({"image": image, "overlay": str(written)}), flush=True)
 
 
 def run() -> None:

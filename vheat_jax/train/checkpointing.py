@@ -50,6 +50,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from vheat_jax.errors import CheckpointWriteError, NonFiniteStateError
 from vheat_jax.paths import as_path
 from vheat_jax.torch_io import CheckpointError
 
@@ -57,10 +58,6 @@ UNRESTORABLE_DIR = "unrestorable_checkpoints"
 
 _RESTORE_ERRORS = (CheckpointError, ValueError, OSError, KeyError, TypeError, IndexError)
 """What Orbax, tensorstore and grain raise for a checkpoint whose files are truncated, corrupt or missing."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """An asynchronous checkpoint save failed; the run stops with the previous checkpoints intact."""
 
 
 @jax.jit
@@ -104,10 +101,6 @@ def _non_finite_arrays(state: Any) -> list[str]:
               if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     flags = jax.device_get([_leaf_is_finite(leaf) for _, leaf in leaves])
     return [jax.tree_util.keystr(path) for (path, _), finite in zip(leaves, flags) if not finite]
-
-
-class NonFiniteStateError(RuntimeError):
-    """The state to be saved holds NaN or infinite values: the run diverged, and it is not saved."""
 
 
 def verify_fingerprint(state: Any, saved: Any, where: str) -> None:

@@ -29,7 +29,14 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-TASKS = ("classification", "segmentation", "detection")
+from vheat_jax.errors import ConfigError
+
+# The tasks the loop runs, each imported on demand (classification never imports the detection stack).
+TASKS = {
+    "classification": "vheat_jax.train.classification:ClassificationTask",
+    "segmentation": "vheat_jax.seg.task:SegmentationTask",
+    "detection": "vheat_jax.det.task:DetectionTask",
+}
 
 # Fields of earlier config schemas and what replaced them; a config that still sets one is refused
 # with a line naming the new field (see check_renamed_fields).
@@ -42,10 +49,6 @@ RENAMED_FIELDS = {
     "init_backbone_ema": "init_from_ema",
     "init_from_mmdet": "init_from (it accepts an mmdetection checkpoint too)",
 }
-
-
-class ConfigError(ValueError):
-    """A config that cannot be run: the message names the field and the fix."""
 
 
 def base_config(task: str) -> ml_collections.ConfigDict:

@@ -43,24 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from vheat_jax.errors import TrainingDivergedError
 from vheat_jax import heartbeat, paths, runtime
 from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
-from vheat_jax.train.config import ConfigError, check_config
+from vheat_jax.train.config import TASKS, ConfigError, check_config
 from vheat_jax.train.preemption import PreemptedDuringEvaluation, PreemptionWatcher
 from vheat_jax.train.workdir_lock import WorkdirLock
-
-TASKS = {
-    "classification": "vheat_jax.train.classification:ClassificationTask",
-    "segmentation": "vheat_jax.seg.task:SegmentationTask",
-    "detection": "vheat_jax.det.task:DetectionTask",
-}
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss or the gradient norm became NaN or infinite."""
-
 
 @dataclasses.dataclass(frozen=True)
 class RunLength:

@@ -35,14 +35,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vheat_jax.errors import WorkdirLockedError
 from vheat_jax import paths
 
 LOCK_FILE = ".lock"
 LEASE_FILE = ".lock.json"
-
-
-class WorkdirLockedError(RuntimeError):
-    """Another training run holds the workdir."""
 
 
 def _owner() -> dict:
