@@ -82,3 +82,35 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+SHARED_LOOP = ("vheat_jax.errors", "vheat_jax.paths", "vheat_jax.heartbeat", "vheat_jax.runtime",
+               "vheat_jax.train.loop", "vheat_jax.train.config", "vheat_jax.train.checkpointing",
+               "vheat_jax.train.sharding", "vheat_jax.train.distributed", "vheat_jax.train.preemption",
+               "vheat_jax.train.workdir_lock", "vheat_jax.train.metrics", "vheat_jax.train.backbone")
+TASK_PACKAGES = ("vheat_jax.seg", "vheat_jax.det", "vheat_jax.train.classification")
+
+
+def reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_layers_import_downwards_only():
+    """The shared loop reaches no task; the tasks do not import each other; only the CLI imports the CLI."""
+    graph = module_graph()
+    in_task = lambda module, task: module == task or module.startswith(task + ".")  # noqa: E731
+    for module in SHARED_LOOP:
+        upward = sorted(dep for dep in reaches(graph, module) if any(in_task(dep, t) for t in TASK_PACKAGES))
+        assert not upward, (module, upward)
+    for task in ("vheat_jax.seg", "vheat_jax.det"):
+        others = [t for t in TASK_PACKAGES if t != task and t != "vheat_jax.train.classification"]
+        for module in (m for m in graph if in_task(m, task)):
+            assert not [dep for dep in graph[module] if any(in_task(dep, t) for t in others)], module
+    for module, deps in graph.items():
+        if not in_task(module, "vheat_jax.cli"):
+            assert not [dep for dep in deps if in_task(dep, "vheat_jax.cli")], module
