@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_support import ROOT, TINY_CONFIG, run_train, subprocess_env
+from train_support import ROOT, run_train, subprocess_env
 
 from vheat_jax import Arch, save_orbax
 

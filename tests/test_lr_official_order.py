@@ -24,7 +24,8 @@ from vheat_jax.train import optim
 
 
 class TimmCosineLR:
-    """timm ``CosineLRScheduler(t_initial, lr_min, warmup_t, warmup_lr_init, warmup_prefix=True, t_in_epochs=False)``."""
+    """timm ``CosineLRScheduler(t_initial, lr_min, warmup_t, warmup_lr_init, warmup_prefix=True,
+    t_in_epochs=False)``."""
 
     def __init__(self, optimizer, t_initial, lr_min, warmup_t, warmup_lr_init):
         self.optimizer = optimizer
