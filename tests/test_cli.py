@@ -60,6 +60,12 @@ def one_line_error(result, script: str) -> str:
     return errors[0]
 
 
+def assert_one_line_errors(calls: list[tuple], expected: list[str]) -> None:
+    """Each call (run in parallel) exits 2 with one error line that contains its expected text."""
+    for call, text, result in zip(calls, expected, run_all(calls), strict=True):
+        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+
+
 def test_config_mistakes_are_one_line_with_exit_2(tmp_path):
     old_schema = tmp_path / "old_seg_config.py"  # a config file written for the earlier segmentation schema
     old_schema.write_text("from vheat_jax.seg.config import default_seg_config\n\n\ndef get_config():\n"
@@ -85,8 +91,7 @@ def test_config_mistakes_are_one_line_with_exit_2(tmp_path):
         "--config.num_steps=many",
         "--workdir is required",
     ]
-    for call, text, result in zip(calls, expected, run_all(calls)):
-        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+    assert_one_line_errors(calls, expected)
 
 
 def test_missing_inputs_are_one_line_with_exit_2(tmp_path):
@@ -111,8 +116,7 @@ def test_missing_inputs_are_one_line_with_exit_2(tmp_path):
         "no images under",
         "config.data_dir is required",
     ]
-    for call, text, result in zip(calls, expected, run_all(calls)):
-        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+    assert_one_line_errors(calls, expected)
 
 
 def test_logs_hide_library_internals_unless_verbose(tmp_path, vheat_fixtures):
@@ -144,8 +148,7 @@ def test_bad_values_are_one_line_before_anything_is_written(tmp_path):
         "config.optimizer.base_lr = inf: must be a finite number",
         "config.optimizer.base_lr = -1e+30: a learning rate cannot be negative",
     ]
-    for call, text, result in zip(calls, expected, run_all(calls)):
-        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+    assert_one_line_errors(calls, expected)
     assert not workdir.exists()
 
 
@@ -194,7 +197,6 @@ def test_checkpoints_that_are_not_regular_files_are_one_line_within_seconds(tmp_
                 "folder.pth: no vheat_arch.json",  # a folder is read as an Orbax export
                 "urandom.msgpack is a character device", "vheat_arch.json is a character device",
                 "vheat_checksums.json is a character device", f"{data_file} is a FIFO"]
-    for call, text, result in zip(calls, expected, run_all(calls)):
-        assert text in one_line_error(result, call[0]), (call, result.stderr[-2000:])
+    assert_one_line_errors(calls, expected)
     with pytest.raises(NotAFileError, match="folder.pth is a folder"):  # the .pth reader the tasks call directly
         load_pth(tmp_path / "folder.pth")
