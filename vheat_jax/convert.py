@@ -158,10 +158,11 @@ def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, np.ndarray],
     from safetensors import SafetensorError  # noqa: PLC0415 - only where safetensors files are used
     from safetensors.numpy import load  # noqa: PLC0415
 
-    if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
+    header_bytes = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or header_bytes > len(data) - 8:
         raise CheckpointError(f"{source} is not a safetensors file (its header is missing or longer than the file)")
     try:
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        header = json.loads(data[8:8 + header_bytes])
         tensors = load(data)
     except (SafetensorError, ValueError, TypeError) as err:
         raise CheckpointError(f"{source} is not a readable safetensors file ({type(err).__name__}: "

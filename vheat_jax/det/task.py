@@ -41,6 +41,8 @@ from vheat_jax.train.backbone import OUT_NORM_PREFIX, backbone_arch, pretrained_
 from vheat_jax.train.config import ConfigError
 
 EXPORT_FILE = "maskrcnn_mmdet.pth"
+
+
 def build_model(config) -> tuple[MaskRCNN, MaskRCNNConfig, Arch]:
     arch = backbone_arch(config, img_size=config.model.img_size, num_classes=None)
     det = MaskRCNNConfig(

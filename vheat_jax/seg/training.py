@@ -23,6 +23,7 @@ from vheat_jax.seg.optim import create_optimizer
 from vheat_jax.seg.resample import resize_bilinear
 from vheat_jax.train.backbone import backbone_arch, runtime_fields
 
+
 @struct.dataclass
 class SegTrainState:
     step: jax.Array  # int32: optimizer updates applied

@@ -24,7 +24,7 @@ from flax import traverse_util
 from vheat_jax.arch import Arch, ArchitectureMismatchError, check_arch
 from vheat_jax.convert import load_any
 from vheat_jax.forms import adapt_img_size
-from vheat_jax.train.config import ConfigError
+from vheat_jax.train.config import check_model_name
 from vheat_jax.train.loop import compute_dtype
 from vheat_jax.variants import VARIANTS
 
@@ -35,8 +35,7 @@ OUT_NORM_PREFIX = "outnorm_"  # a dense backbone's per-stage norms: fresh where 
 def backbone_arch(config, *, img_size: int, num_classes: int | None) -> Arch:
     """The architecture ``config.model`` asks for: its variant's, with the fields it sets."""
     model = config.model
-    if model.name not in VARIANTS:
-        raise ConfigError(f"config.model.name = {model.name!r}: choose one of {', '.join(sorted(VARIANTS))}")
+    check_model_name(model)
     fields = {name: VARIANTS[model.name][name] for name in ARCH_FIELDS}
     fields.update({name: model.get(name) for name in ARCH_FIELDS if model.get(name) is not None})
     return Arch(**{**fields, "depths": tuple(fields["depths"])}, img_size=int(img_size), num_classes=num_classes)

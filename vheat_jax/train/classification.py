@@ -23,8 +23,8 @@ from absl import logging
 from vheat_jax import paths
 from vheat_jax.data import create_eval_loader, create_train_loader, iterating, make_source, on_device
 from vheat_jax.data.pipeline import make_mixup
+from vheat_jax.errors import DataReadError
 from vheat_jax.model import VHeat
-from vheat_jax.paths import DataReadError
 from vheat_jax.train import loop, optim, sharding
 from vheat_jax.train.backbone import backbone_arch, runtime_fields
 from vheat_jax.train.config import ConfigError

@@ -135,16 +135,22 @@ def _numbers(config: ml_collections.ConfigDict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+def check_model_name(model: ml_collections.ConfigDict) -> None:
+    """``model.name`` must be an official variant (the one place this is checked)."""
+    from vheat_jax.variants import VARIANTS  # noqa: PLC0415 - the config vocabulary itself needs no model
+
+    if model.get("name") not in VARIANTS:
+        raise ConfigError(f"config.model.name = {model.get('name')!r}: choose one of {', '.join(sorted(VARIANTS))}")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuses, before any work, what no run can use: earlier schemas' fields, an unknown model variant,
     a non-finite number or a negative learning rate, an ``init_from`` that does not exist."""
     from vheat_jax import paths  # noqa: PLC0415 - the config vocabulary itself needs no file access
-    from vheat_jax.variants import VARIANTS  # noqa: PLC0415 - nor the model
 
     check_renamed_fields(config)
-    model = config.get("model")
-    if isinstance(model, ml_collections.ConfigDict) and model.get("name") not in VARIANTS:
-        raise ConfigError(f"config.model.name = {model.get('name')!r}: choose one of {', '.join(sorted(VARIANTS))}")
+    if isinstance(config.get("model"), ml_collections.ConfigDict):
+        check_model_name(config.model)
     for name, value in _numbers(config):
         if not math.isfinite(value):
             raise ConfigError(f"config.{name} = {value}: must be a finite number")

@@ -43,14 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vheat_jax.errors import TrainingDivergedError
 from vheat_jax import heartbeat, paths, runtime
+from vheat_jax.errors import TrainingDivergedError
 from vheat_jax.train import distributed, sharding
 from vheat_jax.train import metrics as metrics_lib
 from vheat_jax.train.checkpointing import Checkpointer
 from vheat_jax.train.config import TASKS, ConfigError, check_config
 from vheat_jax.train.preemption import PreemptedDuringEvaluation, PreemptionWatcher
 from vheat_jax.train.workdir_lock import WorkdirLock
+
 
 @dataclasses.dataclass(frozen=True)
 class RunLength:

@@ -35,8 +35,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vheat_jax.errors import WorkdirLockedError
 from vheat_jax import paths
+from vheat_jax.errors import WorkdirLockedError
 
 LOCK_FILE = ".lock"
 LEASE_FILE = ".lock.json"
