@@ -31,8 +31,8 @@ def main():
 
     from vheat_jax.arch import Arch
     from vheat_jax.det import detector, masks, training
-    from vheat_jax.det.config import MaskRCNNConfig
     from vheat_jax.det.model import MaskRCNN
+    from vheat_jax.det.model_config import MaskRCNNConfig
     from vheat_jax.variants import VARIANTS
 
     v = VARIANTS[args.backbone]

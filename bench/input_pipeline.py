@@ -84,7 +84,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def scaled_decode_psnr(encoded: dict[str, bytes], size: int, crops: int) -> dict:
     """PSNR of the DCT-scaled decode + resize against full decode + crop + resize, same crop boxes."""
-    from vheat_jax.data import transforms as T  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls import transforms as T  # pylint: disable=import-outside-toplevel
 
     values, exact = [], 0
     for name, data in encoded.items():
@@ -118,8 +118,8 @@ def encoded_photos(size_hint: tuple[int, int] | None) -> dict[str, bytes]:
 
 
 def _time_loader(spec: dict) -> dict:
-    from vheat_jax.data import create_train_loader  # pylint: disable=import-outside-toplevel
-    from vheat_jax.train.config import default_config  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls.config import default_config  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls.data import create_train_loader  # pylint: disable=import-outside-toplevel
 
     config = default_config()
     config.data_dir, config.num_classes, config.image_size = spec["root"], 4, spec["image_size"]
@@ -166,9 +166,10 @@ def _profile_stages(spec: dict) -> dict:
     """Per-image milliseconds of each stage, run one after another over the same images."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    from vheat_jax.data import on_device, pipeline  # pylint: disable=import-outside-toplevel
-    from vheat_jax.data import transforms as T  # pylint: disable=import-outside-toplevel
-    from vheat_jax.train.config import default_config  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls import data as pipeline
+    from vheat_jax.cls import on_device  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls import transforms as T  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls.config import default_config  # pylint: disable=import-outside-toplevel
 
     size, batch = spec["image_size"], spec["batch"]
     config = default_config()

@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from input_pipeline import encoded_photos  # noqa: E402
 
-from vheat_jax.data import transforms as T  # noqa: E402
+from vheat_jax.cls import transforms as T  # noqa: E402
 
 SIZE = 224
 

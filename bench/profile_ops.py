@@ -42,8 +42,8 @@ def parse_args():
 def build_infer(args):
     import jax
 
+    from vheat_jax.cls.pretrained import arch_of
     from vheat_jax.forms import to_inference_form
-    from vheat_jax.train.pretrained import arch_of
     from vheat_jax.variants import create_model
 
     model = create_model(args.model, img_size=args.image_size)

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 
 from vheat_jax import runtime
 from vheat_jax.benchmark import time_jitted
+from vheat_jax.cls.pretrained import arch_of
 from vheat_jax.flops import model_macs
 from vheat_jax.forms import to_inference_form
-from vheat_jax.train.pretrained import arch_of
 from vheat_jax.variants import create_model
 
 

@@ -196,8 +196,8 @@ def reread(report: dict, hlo_dir: Path) -> dict:
 def train_step_vheat(chip: str, model: str, size: int, batch: int, kron_max_tokens: int) -> dict:
     """The trainer's step with ``"auto"`` HCO forms, the Kronecker form up to ``kron_max_tokens``
     (the library's rule is ``heat.KRON_MAX_TOKENS``; other values are what-ifs)."""
-    from vheat_jax.train.aot import compile_train_step  # pylint: disable=import-outside-toplevel
-    from vheat_jax.train.config import default_config  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls.aot import compile_train_step  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls.config import default_config  # pylint: disable=import-outside-toplevel
 
     config = default_config()
     config.model.name, config.image_size, config.global_batch_size = model, size, batch

@@ -20,9 +20,10 @@ import ml_collections
 import numpy as np
 
 from vheat_jax import runtime
-from vheat_jax.train import optim, sharding
-from vheat_jax.train.config import default_config
-from vheat_jax.train.classification import StateFactory, build_model, jit_train_step, train_batch_spec
+from vheat_jax.cls import optim
+from vheat_jax.cls.config import default_config
+from vheat_jax.cls.training import StateFactory, build_model, jit_train_step, train_batch_spec
+from vheat_jax.train import sharding
 
 
 def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ warm-up; images are already at their test size (scale (128, 128)); smaller heads
 and fewer proposals / sampled RoIs keep a CPU step short.
 """
 
-from vheat_jax.det.train_config import default_config
+from vheat_jax.det.config import default_config
 
 
 def get_config():

@@ -16,7 +16,7 @@ around 97.3%. A 1.7M-parameter vHeat (dims 32, depths 1-1-2-1), lr 2e-3 at batch
 64, 30 epochs with a short warm-up, and a fast EMA for a short run.
 """
 
-from vheat_jax.train.config import default_config
+from vheat_jax.cls.config import default_config
 
 
 def get_config():

@@ -12,7 +12,7 @@ linear warm-up from 0.001x over 1000 iterations, x0.1 at epochs 8 and 11;
 Pass ``:small`` or ``:base`` for vHeat-S / vHeat-B (drop path 0.3 / 0.5, paper 46.8 / 47.7).
 """
 
-from vheat_jax.det.train_config import default_config
+from vheat_jax.det.config import default_config
 
 BACKBONES = {"tiny": ("vheat_tiny", 0.1), "small": ("vheat_small", 0.3), "base": ("vheat_base", 0.5)}
 

@@ -13,7 +13,7 @@ per image, which our static-shape loader does not implement yet.
 Two padded shapes cover every scale: (800, 1344) and (1344, 800).
 """
 
-from vheat_jax.det.train_config import MULTISCALE_3X, default_config
+from vheat_jax.det.config import MULTISCALE_3X, default_config
 
 BACKBONES = {"tiny": ("vheat_tiny", 0.1), "small": ("vheat_small", 0.3), "base": ("vheat_base", 0.5)}
 

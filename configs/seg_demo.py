@@ -10,11 +10,11 @@ and 32 / 16-channel heads; no pre-training, so a from-scratch learning rate (2e-
 short warm-up; 5 classes without reduce_zero_label.
 """
 
-from vheat_jax.seg.config import default_seg_config
+from vheat_jax.seg.config import default_config
 
 
 def get_config():
-    config = default_seg_config()
+    config = default_config()
     config.dataset = "synthetic"
     config.synthetic = {"num_train": 2000, "num_val": 100, "height": 96, "width": 128, "seed": 0}
     config.num_classes = 5

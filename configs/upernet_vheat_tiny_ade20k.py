@@ -7,11 +7,11 @@ Official file: segmentation/configs/vheat/upernet_vheat_160k_ade20k_512x512_tiny
 everything else is the default of vheat_jax.seg.config (see docs/segmentation.md).
 """
 
-from vheat_jax.seg.config import default_seg_config
+from vheat_jax.seg.config import default_config
 
 
 def get_config():
-    config = default_seg_config()
+    config = default_config()
     config.model.name = "vheat_tiny"
     config.model.drop_path_rate = 0.3
     return config

@@ -14,7 +14,7 @@ lower ``global_batch_size`` (the learning rates scale linearly with it, as in th
 official code). Re-running the same command resumes from the last checkpoint.
 """
 
-from vheat_jax.train.config import imagenet_config
+from vheat_jax.cls.config import imagenet_config
 
 
 def get_config(data: str = "imagefolder"):

@@ -11,8 +11,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vheat_jax.arch import Arch
 from vheat_jax.det import training
-from vheat_jax.det.config import MaskRCNNConfig, RPNTestConfig, SamplerConfig, TrainConfig
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig, RPNTestConfig, SamplerConfig, TrainConfig
 from vheat_jax.train import sharding
 
 

@@ -1,6 +1,6 @@
 """A tiny detection config for the trainer tests: 8-wide Mask R-CNN on 16 shapes images of 64x64 (CPU, seconds)."""
 
-from vheat_jax.det.train_config import default_config
+from vheat_jax.det.config import default_config
 
 
 def get_config():

@@ -1,10 +1,10 @@
 """A tiny segmentation config for the trainer tests: 8-wide UperNet on 16 synthetic 48x64 images (CPU, seconds)."""
 
-from vheat_jax.seg.config import default_seg_config
+from vheat_jax.seg.config import default_config
 
 
 def get_config():
-    config = default_seg_config()
+    config = default_config()
     config.dataset = "synthetic"
     config.synthetic = {"num_train": 16, "num_val": 2, "height": 48, "width": 64}
     config.num_classes, config.reduce_zero_label = 5, False

@@ -5,9 +5,9 @@ import importlib.util
 import pytest
 from test_cli import one_line_error, run_all
 
-from vheat_jax.det.task import build_model as detection_model
+from vheat_jax.cls.training import build_model as classification_model
+from vheat_jax.det.training import build_model as detection_model
 from vheat_jax.seg.training import build_model as segmentation_model
-from vheat_jax.train.classification import build_model as classification_model
 from vheat_jax.train.config import base_config
 
 

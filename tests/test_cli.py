@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_support import ROOT
 
 from vheat_jax.paths import NotAFileError
@@ -68,8 +67,8 @@ def assert_one_line_errors(calls: list[tuple], expected: list[str]) -> None:
 
 def test_config_mistakes_are_one_line_with_exit_2(tmp_path):
     old_schema = tmp_path / "old_seg_config.py"  # a config file written for the earlier segmentation schema
-    old_schema.write_text("from vheat_jax.seg.config import default_seg_config\n\n\ndef get_config():\n"
-                          "    config = default_seg_config()\n    config.model.variant = 'vheat_small'\n"
+    old_schema.write_text("from vheat_jax.seg.config import default_config\n\n\ndef get_config():\n"
+                          "    config = default_config()\n    config.model.variant = 'vheat_small'\n"
                           "    return config\n")
     calls = [
         ("seg_eval.py", f"--config={old_schema}", f"--checkpoint={tmp_path}"),

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from vheat_jax.data import digits, pipeline
-from vheat_jax.data.transforms import to_normalized_array
+from vheat_jax.cls import data as pipeline
+from vheat_jax.cls import digits
+from vheat_jax.cls.transforms import to_normalized_array
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vheat_jax.data import on_device
-from vheat_jax.data.mixup import BatchMix, Mixup, mixup_target, smooth_one_hot
-from vheat_jax.data.pipeline import interleave_partners
+from vheat_jax.cls import on_device
+from vheat_jax.cls.data import interleave_partners
+from vheat_jax.cls.mixup import BatchMix, Mixup, mixup_target, smooth_one_hot
 
 K = 10
 

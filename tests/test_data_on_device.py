@@ -1,4 +1,4 @@
-"""The recipe's device half (``vheat_jax.data.on_device``): normalisation, random erasing, the mixing exchange."""
+"""The recipe's device half (``vheat_jax.cls.on_device``): normalisation, random erasing, the mixing exchange."""
 
 import os
 import subprocess
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vheat_jax.data import on_device
-from vheat_jax.data import transforms as T
+from vheat_jax.cls import on_device
+from vheat_jax.cls import transforms as T
 
 
 def test_normalize_matches_the_host_normalisation():
@@ -63,7 +63,7 @@ def test_train_images_needs_uint8():
 SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from vheat_jax.data import on_device
+    from vheat_jax.cls import on_device
     assert jax.device_count() == 4
     rng = np.random.default_rng(0)
     batch = {name: rng.integers(0, 256, shape).astype(dtype) if name != "mix_weight" else

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vheat_jax.data import on_device, pipeline
-from vheat_jax.data.sources import ImageFolderSource
+from vheat_jax.cls import data as pipeline
+from vheat_jax.cls import on_device
+from vheat_jax.cls.sources import ImageFolderSource
 
 CLASSES = ("b_cat", "a_dog", "c_fox")  # deliberately unsorted
 PER_CLASS = 4
@@ -328,7 +329,7 @@ def test_tfds_source_eval_and_train(tmp_path):
     np.testing.assert_array_equal(mask, [1, 1, 1, 1, 1, 0, 0, 0])
     np.testing.assert_array_equal(lab[:5], [raw[i]["label"] for i in range(5)])
     # the decoded-by-us image equals tfds' own numpy decoding, after eval resizing
-    from vheat_jax.data.transforms import EvalTransform  # pylint: disable=import-outside-toplevel
+    from vheat_jax.cls.transforms import EvalTransform  # pylint: disable=import-outside-toplevel
 
     ref = EvalTransform(16).transform_image(Image.fromarray(raw[0]["image"]))
     np.testing.assert_allclose(bs[0]["image"][0], ref, atol=1e-6)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from vheat_jax.data import randaugment as ra
-from vheat_jax.data import transforms as T
+from vheat_jax.cls import randaugment as ra
+from vheat_jax.cls import transforms as T
 
 FILL = (124, 116, 104)  # round(255 * ImageNet mean), timm's img_mean
 
@@ -283,8 +283,9 @@ def test_crop_box_distribution_is_torchvisions_rule():
 
 
 def _photo_jpeg(size=None, mode="RGB"):
-    import sklearn  # pylint: disable=import-outside-toplevel
     from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    import sklearn  # pylint: disable=import-outside-toplevel
 
     photo = Image.open(Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg").convert(mode)
     buffer = io.BytesIO()

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("pycocotools")
 
-from vheat_jax.det import data, demo, evaluate
+from vheat_jax.det import data, demo, evaluation
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,9 @@ def test_coco_eval_of_ground_truth_is_perfect(shapes_root):
     source = data.CocoSource(shapes_root, "val", train=False)
     results = []
     for index, record in enumerate(source.records):
-        results += evaluate.detections_to_coco(record.image_id, record.boxes, np.ones(len(record.boxes)),
+        results += evaluation.detections_to_coco(record.image_id, record.boxes, np.ones(len(record.boxes)),
                                                record.labels, source.load_masks(index).astype(bool), source.cat_ids)
-    metrics = evaluate.coco_evaluate(source.annotation_file, results)
+    metrics = evaluation.coco_evaluate(source.annotation_file, results)
     assert metrics["bbox_mAP"] > 0.99 and metrics["segm_mAP"] > 0.99
     shuffled = [dict(r, category_id=source.cat_ids[(source.cat_ids.index(r["category_id"]) + 1) % 3]) for r in results]
-    assert evaluate.coco_evaluate(source.annotation_file, shuffled)["bbox_mAP"] < 0.01
+    assert evaluation.coco_evaluate(source.annotation_file, shuffled)["bbox_mAP"] < 0.01

@@ -14,7 +14,7 @@ from det_reference import max_iou_assign_reference, roi_align_reference
 
 from vheat_jax.arch import Arch
 from vheat_jax.det import targets, training
-from vheat_jax.det.config import AssignerConfig, MaskRCNNConfig, SamplerConfig
+from vheat_jax.det.model_config import AssignerConfig, MaskRCNNConfig, SamplerConfig
 
 TESTS = Path(__file__).resolve().parent
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_train_recipe import load_config
 
-from vheat_jax.train import optim
+from vheat_jax.cls import optim
 
 
 class TimmCosineLR:

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from vheat_jax.seg.pipeline import create_seg_train_loader, eval_examples
+from vheat_jax.seg.data import create_seg_train_loader, eval_examples
 from vheat_jax.seg.transforms import SegAugmentation, SegTrainTransform, pad_to, random_crop, random_resize
 
 

@@ -10,10 +10,11 @@ from flax import traverse_util
 from train_support import TINY_CONFIG
 
 from vheat_jax import Arch, ArchitectureMismatchError, export_torch, save_msgpack, save_orbax
+from vheat_jax.cls import optim
+from vheat_jax.cls.pretrained import load_pretrained
+from vheat_jax.cls.training import StateFactory, build_model
 from vheat_jax.resize import resize_bicubic_hw
-from vheat_jax.train import optim, sharding
-from vheat_jax.train.classification import StateFactory, build_model
-from vheat_jax.train.pretrained import load_pretrained
+from vheat_jax.train import sharding
 
 
 def tiny_config(**changes):

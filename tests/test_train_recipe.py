@@ -11,7 +11,7 @@ from flax import traverse_util
 from train_support import ROOT, run_train, subprocess_env
 
 from vheat_jax import create_model
-from vheat_jax.train import optim
+from vheat_jax.cls import optim
 from vheat_jax.train.loop import resolve_run_length, resolve_steps
 
 pytest_plugins = ("train_fixtures",)  # fixtures: image_folder, jax_cache_dir

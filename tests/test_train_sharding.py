@@ -17,9 +17,9 @@ pytest_plugins = ("train_fixtures",)  # fixture: jax_cache_dir
 SCRIPT = r"""
 import importlib.util, json, sys
 import jax, numpy as np
-from vheat_jax.train import optim, sharding
-from vheat_jax.train.state import new_train_state
-from vheat_jax.train.classification import StateFactory, build_model, jit_train_step
+from vheat_jax.cls import optim
+from vheat_jax.cls.training import StateFactory, build_model, jit_train_step, new_train_state
+from vheat_jax.train import sharding
 
 spec = importlib.util.spec_from_file_location("tiny", sys.argv[1])
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)

@@ -4,7 +4,7 @@ Set ``--config.data_dir`` to a folder written by ``train_support.write_image_fol
 Augmentation is off so a batch's content does not depend on which process loaded it.
 """
 
-from vheat_jax.train.config import default_config
+from vheat_jax.cls.config import default_config
 
 
 def get_config():

@@ -22,7 +22,7 @@ flags.DEFINE_string("compute_dtype", "bfloat16", "Compute dtype on the TPU (the 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-    from vheat_jax.train.aot import compile_for_topology
+    from vheat_jax.cls.aot import compile_for_topology
 
     config = flags.FLAGS.config
     config.compute_dtype = flags.FLAGS.compute_dtype

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     from vheat_jax.det import detector
     from vheat_jax.det.checkpoint import read_mmdet_checkpoint
     from vheat_jax.det.data import CocoSource
-    from vheat_jax.det.evaluate import run_coco_eval
+    from vheat_jax.det.evaluation import run_coco_eval
     from vheat_jax.det.model import MaskRCNN
 
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]

@@ -43,7 +43,7 @@ def main(argv):
         common.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
     # Before anything creates the JAX backend (see vheat_jax/runtime.py).
     xla_flags = runtime.add_xla_flags(runtime.INFERENCE_XLA_FLAGS)
-    from vheat_jax import evaluate  # after flag parsing, as train.py
+    from vheat_jax.cls import evaluation  # after flag parsing, as train.py
 
     FLAGS = flags.FLAGS
     if FLAGS.out:
@@ -54,24 +54,24 @@ def main(argv):
     img_size = FLAGS.img_size or config.image_size
     post_norm = {"auto": None, "true": True, "false": False}[FLAGS.post_norm]
     if FLAGS.checkpoint:
-        arch, params, source = evaluate.load_for_eval(FLAGS.checkpoint, config, ema=FLAGS.ema, post_norm=post_norm)
+        arch, params, source = evaluation.load_for_eval(FLAGS.checkpoint, config, ema=FLAGS.ema, post_norm=post_norm)
     elif FLAGS.throughput:
-        arch, params, source = evaluate.random_init(config)
+        arch, params, source = evaluation.random_init(config)
     else:
         common.fail("--checkpoint is required to measure accuracy (or pass --throughput)")
-    model, params = evaluate.prepare_model(arch, params, form=FLAGS.form, img_size=img_size,
+    model, params = evaluation.prepare_model(arch, params, form=FLAGS.form, img_size=img_size,
                                            dtype=jnp.dtype(FLAGS.dtype))
     result = {"checkpoint": source, "form": FLAGS.form, "img_size": img_size, "dtype": FLAGS.dtype,
-              **evaluate.model_cost(model, params, img_size)}
+              **evaluation.model_cost(model, params, img_size)}
     if FLAGS.throughput:
-        result.update(batch_size=FLAGS.batch_size, **evaluate.throughput(
+        result.update(batch_size=FLAGS.batch_size, **evaluation.throughput(
             model, params, batch=FLAGS.batch_size, img_size=img_size, warmup=FLAGS.warmup, iters=FLAGS.iters))
         # What the process ran with, so a number can be reproduced.
         result.update(xla_flags=xla_flags, glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     else:
         if img_size != config.image_size:
             config.unlock().image_size = img_size
-        result.update(evaluate.accuracy(model, params, config, Path(_data_root(FLAGS))))
+        result.update(evaluation.accuracy(model, params, config, Path(_data_root(FLAGS))))
     text = json.dumps(result)
     print(text, flush=True)
     if FLAGS.out:

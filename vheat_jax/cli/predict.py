@@ -49,19 +49,19 @@ def main(argv: list[str]) -> None:
         scale = tuple(int(v) for v in FLAGS.scale.split(","))
     except ValueError:
         common.fail(f"--scale={FLAGS.scale}: expected two integers, long,short (e.g. 1333,800)")
-    from vheat_jax import predict
+    from vheat_jax.cli import predictions
     from vheat_jax.convert import checkpoint_kind
 
     kind = checkpoint_kind(FLAGS.checkpoint)
     if kind == "classification":
         labels = Path(FLAGS.labels).read_text().splitlines() if FLAGS.labels else None
-        classifier = predict.Classifier.load(FLAGS.checkpoint, FLAGS.config, ema=FLAGS.ema)
+        classifier = predictions.Classifier.load(FLAGS.checkpoint, FLAGS.config, ema=FLAGS.ema)
         for image in images:
             print(json.dumps({"image": image, "top": classifier.top_k(image, FLAGS.top_k, labels)}), flush=True)
         return
     out = as_path(FLAGS.out)
     check_output(out / "overlay.png", "--out")
-    draw = predict.segmentation_overlays if kind == "segmentation" else predict.detection_overlays
+    draw = predictions.segmentation_overlays if kind == "segmentation" else predictions.detection_overlays
     for image, written in zip(images, draw(FLAGS.checkpoint, images, out, score_thr=FLAGS.score_thr,
                                            scale=scale)):
         print(json.dumps({"image": image, "overlay": str(written)}), flush=True)

@@ -11,11 +11,11 @@
 
 from vheat_jax.det.api import Detections, Detector
 from vheat_jax.det.checkpoint import export_mmdet, read_mmdet_checkpoint
-from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.detector import predict
 from vheat_jax.det.losses import detection_loss
 from vheat_jax.det.masks import paste_masks, paste_masks_numpy, rescale_boxes
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig
 from vheat_jax.det.nms import batched_nms
 from vheat_jax.det.preprocess import resize_bilinear_uint8
 from vheat_jax.det.roi_align import multilevel_roi_align

@@ -20,8 +20,8 @@ import numpy as np
 
 from vheat_jax.arch import Arch
 from vheat_jax.det import checkpoint, detector, masks, preprocess
-from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig
 
 
 @dataclasses.dataclass

@@ -40,8 +40,8 @@ from flax import traverse_util
 
 from vheat_jax.arch import Arch, arch_from_state_dict
 from vheat_jax.convert import ARCH_META_KEY, post_norm_from_meta, read_mmengine_checkpoint
-from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig
 from vheat_jax.keymap import (
     CONV,
     LINEAR,

@@ -1,121 +1,69 @@
-"""Settings of Mask R-CNN, with mmdetection's ``mask-rcnn_r50_fpn.py`` values as defaults.
+"""Every field the detection trainer reads, with the official vHeat Mask R-CNN 1x recipe as defaults.
 
-Widths (``fpn_channels`` ...) and ``num_classes`` change with the model; everything
-else is mmdetection's: the fixtures in ``tests/fixtures/maskrcnn_mmdet`` use the
-defaults with smaller widths. Static capacities (``*_capacity``) are ours: they size
-the padded arrays that keep shapes static under ``jit`` (see docs/detection.md).
+The recipe is mmdetection's ``mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``, which the
+official vHeat detection configs follow: 12 epochs, global batch 16 (8 GPUs x 2),
+AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05 except parameters whose name
+contains ``norm``, ``LinearLR(start_factor=0.001)`` over the first 1000
+iterations, ``MultiStepLR`` x0.1 at epochs 8 and 11, train scale (1333, 800)
+keep-ratio with horizontal flip 0.5, test scale (1333, 800). ``configs/`` holds
+the 1x and 3x (multi-scale) recipes and the embedded demo.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from typing import Any
+import ml_collections
+from ml_collections import config_dict
+
+from vheat_jax.train.config import base_config
+
+# mmdetection's 3x multi-scale recipe: short side from 480 to 800 in steps of 32, long side 1333.
+MULTISCALE_3X = tuple((1333, short) for short in range(480, 801, 32))
 
 
-@dataclasses.dataclass(frozen=True)
-class RPNTestConfig:
-    nms_pre: int = 1000  # per level, before NMS
-    max_per_img: int = 1000
-    iou_threshold: float = 0.7
-    min_bbox_size: float = 0.0
+def default_config() -> ml_collections.ConfigDict:
+    config = base_config("detection")
 
+    # --- Data ---
+    config.dataset = "coco"  # "coco" (COCO layout, pycocotools) | "shapes" (embedded demo)
+    config.train_split = "train2017"  # data_dir is the COCO root: train2017/, val2017/, annotations/
+    config.eval_split = "val2017"
+    config.num_classes = 80
+    config.train_scales = ((1333, 800),)  # keep-ratio resize, one chosen at random per image
+    config.test_scale = (1333, 800)
+    config.flip_prob = 0.5
+    config.max_gt = 100  # ground-truth slots per image (COCO's largest image has 93 non-crowd objects)
+    config.global_batch_size = 16
+    config.loss_group_size = 2  # images per loss normalisation group: mmdetection's images per GPU
+    config.num_workers = 8  # loader threads per process
 
-@dataclasses.dataclass(frozen=True)
-class RCNNTestConfig:
-    score_thr: float = 0.05
-    iou_threshold: float = 0.5
-    max_per_img: int = 100
-    mask_thr_binary: float = 0.5
-    # Static cap on (proposal, class) candidates above score_thr that enter NMS: the
-    # highest-scoring ones are kept. Exact whenever fewer pass score_thr, or when
-    # max_per_img detections survive among those kept (greedy NMS only looks up).
-    candidate_capacity: int = 4000
+    # --- Model: config.model.name is the backbone variant; dims, depths, post_norm, layer_scale override it ---
+    config.model.update(dict(
+        img_size=224,  # frequency-embedding size of the backbone (its pre-training size)
+        drop_path_rate=0.1,
+        fpn_channels=256,
+        rpn_feat_channels=256,
+        fc_channels=1024,
+        mask_channels=256,
+    ))
+    # init_from: an mmdetection checkpoint (whole detector), else an ImageNet vHeat checkpoint
+    # (backbone only; .pth / converted); empty: random.
+    config.init_adapt_method = "zero_pad"  # the official interpolate4downstream.py recipe
 
+    # --- Optimizer and schedule ---
+    config.optimizer = ml_collections.ConfigDict(dict(
+        lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
+        warmup_iters=1000, warmup_factor=0.001, milestones_epochs=(8, 11), gamma=0.1,
+        grad_clip_norm=0.0,
+    ))
+    config.num_epochs = 12.0
 
-@dataclasses.dataclass(frozen=True)
-class AssignerConfig:
-    pos_iou_thr: float
-    neg_iou_thr: float
-    min_pos_iou: float
-    match_low_quality: bool = True
+    # --- Static capacities of the training graph (mmdetection's train_cfg otherwise) ---
+    config.rpn_proposal_nms_pre = 2000
+    config.rpn_proposal_max_per_img = 1000
+    config.rcnn_sampler_num = 512
+    config.rpn_test_nms_pre = 1000
+    config.rpn_test_max_per_img = 1000
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    num: int
-    pos_fraction: float
-    add_gt_as_proposals: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    rpn_assigner: AssignerConfig = AssignerConfig(0.7, 0.3, 0.3)
-    rpn_sampler: SamplerConfig = SamplerConfig(256, 0.5, False)
-    rpn_proposal: RPNTestConfig = RPNTestConfig(nms_pre=2000, max_per_img=1000, iou_threshold=0.7)
-    rcnn_assigner: AssignerConfig = AssignerConfig(0.5, 0.5, 0.5)
-    rcnn_sampler: SamplerConfig = SamplerConfig(512, 0.25, True)
-    mask_size: int = 28
-    max_gt: int = 100  # static number of ground-truth slots per image (padded)
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskRCNNConfig:
-    num_classes: int = 80
-    fpn_channels: int = 256
-    num_outs: int = 5
-    rpn_feat_channels: int = 256
-    fc_channels: int = 1024
-    roi_size: int = 7
-    mask_roi_size: int = 14
-    mask_channels: int = 256
-    num_mask_convs: int = 4
-    anchor_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    anchor_scales: tuple[float, ...] = (8.0,)
-    roi_strides: tuple[int, ...] = (4, 8, 16, 32)
-    finest_scale: int = 56
-    rpn_stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    rcnn_stds: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
-    rpn_test: RPNTestConfig = RPNTestConfig()
-    rcnn_test: RCNNTestConfig = RCNNTestConfig()
-    train: TrainConfig = TrainConfig()
-
-    @property
-    def num_anchors(self) -> int:
-        return len(self.anchor_ratios) * len(self.anchor_scales)
-
-    def replace(self, **changes: Any) -> MaskRCNNConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> MaskRCNNConfig:
-        return from_dict(json.loads(text))
-
-
-def from_dict(fields: dict) -> MaskRCNNConfig:
-    """Rebuilds a config from ``dataclasses.asdict`` output (lists become tuples)."""
-    def build(kind, value):
-        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            hints = {f.name: f for f in dataclasses.fields(kind)}
-            kwargs = {}
-            for name, item in value.items():
-                default = getattr(kind(), name) if _has_defaults(kind) else None
-                if dataclasses.is_dataclass(default):
-                    kwargs[name] = build(type(default), item)
-                elif isinstance(item, list):
-                    kwargs[name] = tuple(item)
-                else:
-                    kwargs[name] = item
-            del hints
-            return kind(**kwargs)
-        return value
-    return build(MaskRCNNConfig, fields)
-
-
-def _has_defaults(kind) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-               for f in dataclasses.fields(kind))
+    # --- Evaluation ---
+    config.eval_max_images = config_dict.placeholder(int)
+    return config

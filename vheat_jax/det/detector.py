@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vheat_jax.det import boxes as box_ops
-from vheat_jax.det.config import MaskRCNNConfig, RCNNTestConfig, RPNTestConfig
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig, RCNNTestConfig, RPNTestConfig
 from vheat_jax.det.nms import batched_nms
 from vheat_jax.det.roi_align import level_window_bound, map_roi_levels, multilevel_roi_align
 

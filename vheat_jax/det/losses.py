@@ -24,8 +24,8 @@ import optax
 
 from vheat_jax.det import boxes as box_ops
 from vheat_jax.det import detector, targets
-from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig
 
 LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
 

@@ -26,7 +26,7 @@ import numpy as np
 from flax import linen as nn
 
 from vheat_jax.arch import Arch
-from vheat_jax.det.config import MaskRCNNConfig
+from vheat_jax.det.model_config import MaskRCNNConfig
 
 
 def _conv(features: int, size: int, name: str, dtype) -> nn.Conv:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vheat_jax.det.boxes import iou_matrix
-from vheat_jax.det.config import AssignerConfig, SamplerConfig
+from vheat_jax.det.model_config import AssignerConfig, SamplerConfig
 from vheat_jax.det.roi_align import _axis_weights
 
 

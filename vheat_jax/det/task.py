@@ -27,35 +27,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vheat_jax import paths
-from vheat_jax.arch import Arch, check_arch
-from vheat_jax.convert import checkpoint_kind
-from vheat_jax.data.pipeline import eval_shard_bounds
 from vheat_jax.det import checkpoint as det_checkpoint
 from vheat_jax.det import detector, training
-from vheat_jax.det.config import MaskRCNNConfig, RPNTestConfig, SamplerConfig, TrainConfig
 from vheat_jax.det.data import CocoSource, DetLoader
-from vheat_jax.det.evaluate import coco_evaluate, predict_coco_results
-from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.evaluation import coco_evaluate, predict_coco_results
+from vheat_jax.det.pretrained import initial_params
+from vheat_jax.errors import ConfigError
 from vheat_jax.train import loop, sharding
-from vheat_jax.train.backbone import OUT_NORM_PREFIX, backbone_arch, pretrained_backbone, runtime_fields
-from vheat_jax.train.config import ConfigError
+from vheat_jax.train.streams import eval_shard_bounds
 
 EXPORT_FILE = "maskrcnn_mmdet.pth"
-
-
-def build_model(config) -> tuple[MaskRCNN, MaskRCNNConfig, Arch]:
-    arch = backbone_arch(config, img_size=config.model.img_size, num_classes=None)
-    det = MaskRCNNConfig(
-        num_classes=config.num_classes, fpn_channels=config.model.fpn_channels,
-        rpn_feat_channels=config.model.rpn_feat_channels, fc_channels=config.model.fc_channels,
-        mask_channels=config.model.mask_channels,
-        train=TrainConfig(
-            rpn_proposal=RPNTestConfig(nms_pre=config.rpn_proposal_nms_pre,
-                                       max_per_img=config.rpn_proposal_max_per_img, iou_threshold=0.7),
-            rcnn_sampler=SamplerConfig(config.rcnn_sampler_num, 0.25, True), max_gt=config.max_gt))
-    det = det.replace(rpn_test=RPNTestConfig(nms_pre=config.rpn_test_nms_pre, max_per_img=config.rpn_test_max_per_img))
-    model = MaskRCNN(det, arch, **runtime_fields(config))
-    return model, det, arch
 
 
 def make_source(config, workdir: Path, split: str, train: bool) -> CocoSource:
@@ -109,7 +90,7 @@ class DetectionTask(loop.Task):
 
     def build(self):
         config = self.config
-        self.model, self.det_config, self.arch = build_model(config)
+        self.model, self.det_config, self.arch = training.build_model(config)
         self.name = f"Mask R-CNN {config.model.name}"
         abstract_params = jax.eval_shape(lambda key: training.init_params(self.model, key), jax.random.key(config.seed))
         self._tx, schedule = training.create_optimizer(config.optimizer, self.det_config, self.arch, abstract_params,
@@ -122,16 +103,8 @@ class DetectionTask(loop.Task):
     def initial_state(self, shardings):
         config = self.config
         params = jax.jit(lambda key: training.init_params(self.model, key))(jax.random.key(config.seed))
-        if config.init_from and checkpoint_kind(config.init_from) == "detection":
-            _, found, params, _ = det_checkpoint.read_mmdet_checkpoint(config.init_from, config=self.det_config,
-                                                                        post_norm=config.init_post_norm)
-            check_arch(found, self.arch, found_what=f"init_from checkpoint {config.init_from}",
-                       asked_what="config.model")
-        elif config.init_from:
-            params = jax.device_get(params)
-            params["backbone"] = pretrained_backbone(
-                config.init_from, self.arch, params["backbone"], ema=config.init_from_ema,
-                post_norm=config.init_post_norm, method=config.init_adapt_method, may_stay_fresh=(OUT_NORM_PREFIX,))
+        if config.init_from:
+            params = initial_params(config, self.det_config, self.arch, jax.device_get(params))
         return jax.jit(lambda p: training.new_state(p, self._tx), out_shardings=shardings)(params)
 
     def train_step(self, state, batch):

@@ -1,4 +1,4 @@
-"""Detection training pieces: optimizer with mmdetection's parameter rules, schedule, state, ``train_step``.
+"""Detection training pieces: the model from ``config.model``, optimizer with mmdetection's parameter rules, schedule, state, ``train_step``.
 
 * AdamW (torch semantics = ``optax.adamw``), weight decay skipped exactly where
   mmdetection's ``paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)})``
@@ -23,9 +23,26 @@ from flax import struct, traverse_util
 
 from vheat_jax.arch import Arch
 from vheat_jax.det.checkpoint import key_table
-from vheat_jax.det.config import MaskRCNNConfig
 from vheat_jax.det.losses import detection_loss
 from vheat_jax.det.model import MaskRCNN
+from vheat_jax.det.model_config import MaskRCNNConfig, RPNTestConfig, SamplerConfig, TrainConfig
+from vheat_jax.train.backbone import backbone_arch, runtime_fields
+
+
+def build_model(config) -> tuple[MaskRCNN, MaskRCNNConfig, Arch]:
+    arch = backbone_arch(config, img_size=config.model.img_size, num_classes=None)
+    det = MaskRCNNConfig(
+        num_classes=config.num_classes, fpn_channels=config.model.fpn_channels,
+        rpn_feat_channels=config.model.rpn_feat_channels, fc_channels=config.model.fc_channels,
+        mask_channels=config.model.mask_channels,
+        train=TrainConfig(
+            rpn_proposal=RPNTestConfig(nms_pre=config.rpn_proposal_nms_pre,
+                                       max_per_img=config.rpn_proposal_max_per_img, iou_threshold=0.7),
+            rcnn_sampler=SamplerConfig(config.rcnn_sampler_num, 0.25, True), max_gt=config.max_gt))
+    det = det.replace(rpn_test=RPNTestConfig(nms_pre=config.rpn_test_nms_pre, max_per_img=config.rpn_test_max_per_img))
+    model = MaskRCNN(det, arch, **runtime_fields(config))
+    return model, det, arch
+
 
 
 @struct.dataclass

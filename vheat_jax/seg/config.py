@@ -15,7 +15,7 @@ import ml_collections
 from vheat_jax.train.config import base_config
 
 
-def default_seg_config() -> ml_collections.ConfigDict:
+def default_config() -> ml_collections.ConfigDict:
     config = base_config("segmentation")
 
     # --- Data ---

@@ -19,10 +19,10 @@ from jax.experimental import multihost_utils
 from vheat_jax.paths import as_path
 from vheat_jax.seg import training
 from vheat_jax.seg.convert import read_mmseg_checkpoint
+from vheat_jax.seg.data import eval_examples
 from vheat_jax.seg.inference import InferenceConfig, Segmenter
 from vheat_jax.seg.metrics import IoUAccumulator
 from vheat_jax.seg.model import UperNet
-from vheat_jax.seg.pipeline import eval_examples
 from vheat_jax.train.checkpointing import restore_latest
 
 

@@ -2,7 +2,7 @@
 
 :class:`SegmentationTask` (``config.task = "segmentation"``) supplies to
 :mod:`vheat_jax.train.loop` the grain stream of augmented crops
-(:mod:`vheat_jax.seg.pipeline`), the UperNet state with BatchNorm statistics, mmseg's
+(:mod:`vheat_jax.seg.data`), the UperNet state with BatchNorm statistics, mmseg's
 loss (:mod:`vheat_jax.seg.training`), evaluation with mmseg's test pipeline on each
 process's share of the split (IoU histograms summed over processes; best checkpoint by
 mIoU), and ``init_from`` (an ImageNet checkpoint for the backbone, or a whole mmseg
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import jax
 
+from vheat_jax.errors import ConfigError
 from vheat_jax.seg import training
 from vheat_jax.seg.convert import bn_prefixes, export_mmseg, key_table
+from vheat_jax.seg.data import create_seg_train_loader
 from vheat_jax.seg.evaluation import evaluate, inference_config
 from vheat_jax.seg.inference import Segmenter
-from vheat_jax.seg.pipeline import create_seg_train_loader
 from vheat_jax.seg.pretrained import initial_variables
 from vheat_jax.seg.sources import make_seg_source
 from vheat_jax.train import loop, sharding
-from vheat_jax.train.config import ConfigError
 
 
 class SegmentationTask(loop.Task):

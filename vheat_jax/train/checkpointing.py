@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state together with the grain data-iterator position.
 
 Layout: ``workdir/checkpoints/<step>/{state,data,metrics,...}``. ``state`` is the
-:class:`~vheat_jax.train.state.TrainState` (sharded arrays, written by every
+task's train state (e.g. :class:`~vheat_jax.cls.training.TrainState`; sharded arrays, written by every
 process for the shards it owns); ``data`` holds one JSON file per process with
 that process's grain iterator state, so a resumed run continues with exactly
 the batches the interrupted one would have seen next.

@@ -1,21 +1,12 @@
-"""The config vocabulary: fields every task shares, then the classification recipe.
+"""The config vocabulary: the fields every task shares, the task names, and the checks before any work.
 
 :func:`base_config` declares, once, what the shared training loop
 (:mod:`vheat_jax.train.loop`) reads for every task: the task name, data location
 and splits, batch size, seed, the model's variant name and regularisation, compute
 dtype / remat / FSDP, durations and intervals, checkpoint retention, fine-tuning
 source and the multi-process settings. Each task's defaults
-(:func:`default_config` here, ``vheat_jax.seg.config``, ``vheat_jax.det.train_config``)
-start from it and add their own fields.
-
-The classification recipe is the official ``classification/configs`` of vHeat (which
-follow the Swin Transformer trainer): 300 epochs, 20 warm-up epochs, AdamW (0.9, 0.999,
-eps 1e-8), base lr 5e-4 / warm-up lr 5e-7 / min lr 5e-6 per 512 images (scaled
-linearly with the global batch), cosine decay per step, weight decay 0.08,
-gradient clipping at global norm 5, label smoothing 0.1, RandAugment
-``rand-m9-mstd0.5-inc1``, mixup 0.8 / cutmix 1.0, random erasing 0.25, EMA
-0.9999, global batch 2048 at 224 px. Config files (``configs/*.py``) start from
-:func:`default_config` and change what differs.
+(``vheat_jax.cls.config``, ``vheat_jax.seg.config``, ``vheat_jax.det.config``, each a
+``default_config()``) start from it and add their own fields.
 
 Durations can be given in epochs or steps: for ``num``, ``warmup`` and
 ``eval_every``, a ``*_steps`` value, when set, wins over ``*_epochs``; epochs
@@ -33,7 +24,7 @@ from vheat_jax.errors import ConfigError
 
 # The tasks the loop runs, each imported on demand (classification never imports the detection stack).
 TASKS = {
-    "classification": "vheat_jax.train.classification:ClassificationTask",
+    "classification": "vheat_jax.cls.task:ClassificationTask",
     "segmentation": "vheat_jax.seg.task:SegmentationTask",
     "detection": "vheat_jax.det.task:DetectionTask",
 }
@@ -162,73 +153,3 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if not paths.as_path(init_from).exists():
             raise ConfigError(f"config.init_from = {init_from}: no such file or folder (a .pth, .msgpack, "
                               "or a convert_torch.py / trainer output folder)")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The official ImageNet-1k classification recipe (vHeat-T's drop path)."""
-    config = base_config("classification")
-
-    # --- Data (the names vheat_jax.data reads) ---
-    config.dataset = "imagefolder"  # "imagefolder" | "tfds" | "digits"
-    config.tfds_name = "imagenet2012"
-    config.num_classes = 1000
-    config.image_size = 224
-    config.global_batch_size = 2048
-    config.eval_batch_size = 1024
-    config.num_workers = 8  # grain worker processes per host
-    config.max_undecodable_fraction = 0.01  # of an epoch's (or the eval split's) images; past it the run stops
-    config.aug = ml_collections.ConfigDict(
-        dict(
-            random_resized_crop=True,
-            hflip=True,
-            randaug="rand-m9-mstd0.5-inc1",
-            color_jitter=0.4,  # ignored by the pipeline while randaug is on (as timm)
-            reprob=0.25,
-            remode="pixel",
-            mixup=0.8,
-            cutmix=1.0,
-            mixup_prob=1.0,
-            mixup_switch_prob=0.5,
-            mixup_mode="batch",
-            label_smoothing=0.1,
-            crop_pct=0.875,
-        )
-    )
-
-    # --- Optimizer ---
-    config.optimizer = ml_collections.ConfigDict(
-        dict(
-            base_lr=5e-4,  # per lr_reference_batch images
-            warmup_lr=5e-7,
-            min_lr=5e-6,
-            lr_reference_batch=512,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.08,
-            grad_clip_norm=5.0,  # 0 disables clipping
-        )
-    )
-    config.grad_accum_steps = 1
-    config.ema_decay = 0.9999
-
-    # --- Durations ---
-    config.num_epochs = 300.0
-    config.warmup_epochs = 20.0
-    config.warmup_steps = config_dict.placeholder(int)
-    config.log_every_steps = 100
-    return config
-
-
-def imagenet_config(model_name: str, drop_path_rate: float, data: str = "imagefolder") -> ml_collections.ConfigDict:
-    """The official recipe for one variant; ``data`` is "imagefolder" (class folders) or "tfds" (imagenet2012)."""
-    config = default_config()
-    if data == "tfds":
-        config.dataset = "tfds"
-        config.tfds_name = "imagenet2012"
-        config.eval_split = "validation"
-    elif data != "imagefolder":
-        raise ValueError(f"unknown data preset {data!r}; append :imagefolder or :tfds to the config path")
-    config.model.name = model_name
-    config.model.drop_path_rate = drop_path_rate
-    return config

@@ -16,50 +16,24 @@ Train stream for process p of P (seed s):
   of global_batch_size // P -> corrupt-image substitution + the mixup/cutmix draw +
   label smoothing (rng from (s, p, batch index): mixup pairs rows within a process's
   batch, as the official per-GPU mixup does, so it depends on P).  Train images stay
-  uint8; normalisation, erasing and mixing run on the device (``data.on_device``).
+  uint8; normalisation, erasing and mixing run on the device (:mod:`vheat_jax.cls.on_device`).
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
 import math
-import multiprocessing
-import signal
 from typing import Any
 
 import grain
 import numpy as np
 
-from vheat_jax.data import mixup as mixup_lib
-from vheat_jax.data import sources as sources_lib
-from vheat_jax.data import transforms as tf_lib
+from vheat_jax.cls import mixup as mixup_lib
+from vheat_jax.cls import sources as sources_lib
+from vheat_jax.cls import transforms as tf_lib
+from vheat_jax.train.streams import augmented_process_shard, eval_shard_bounds, to_iter_dataset
 
-# Host-side read-ahead: batches in flight per (worker) process.  Kept small:
-# a train batch is uint8 (256 x 224 x 224 x 3 = 39 MB), an eval batch float32 (154 MB).
-_READ_THREADS = 2
-_PREFETCH_BATCHES = 2
-_WORKER_BUFFER_BATCHES = 1
-
-# Purpose tags for the derived seeds.
-_SHUFFLE, _AUGMENT, _MIX = 1, 2, 3
-
-_GRAIN_WORKER_NAME = "grain-process-prefetch"  # grain 0.2's name for its worker processes
-
-
-def _derive_seed(*parts: int) -> int:
-    """A 32-bit seed from integer parts (numpy SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def _ensure_absl_flags_parsed() -> None:
-    """grain reads absl flags (also in its worker processes); a program that
-    never called ``absl.app.run`` would fail with UnparsedFlagAccessError."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
+# Purpose tag of the mixup draw's seed (shuffling and augmentation use 1 and 2: vheat_jax.train.streams).
+_MIX = 3
 
 
 def _local_batch(global_batch: int, process_count: int, what: str) -> int:
@@ -84,56 +58,6 @@ def _check_classes(source, num_classes: int) -> None:
         raise ValueError(f"Dataset has {len(classes)} classes but config.num_classes={num_classes}")
 
 
-def _leave_signals_to_parent(worker_index: int, worker_count: int) -> None:
-    """grain worker init: SIGTERM and Ctrl-C reach the whole process group (a terminal, Slurm's
-    ``scancel``, ``timeout``); a worker that died of them would fail the loader before the parent
-    saved. The parent decides (save, then stop its workers through grain), so workers ignore both."""
-    del worker_index, worker_count
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@functools.cache
-def _kill_leftover_workers_at_exit() -> None:
-    """multiprocessing's exit hook stops daemonic children with SIGTERM, which the workers ignore; the
-    loops close their loaders, and this (run before that hook) kills any a crash left behind."""
-    def kill_workers() -> None:
-        for child in multiprocessing.active_children():
-            if child.name.startswith(_GRAIN_WORKER_NAME):
-                child.kill()
-
-    atexit.register(kill_workers)
-
-
-def to_iter_dataset(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-    """The loader: read threads and prefetch, plus ``num_workers`` worker processes when > 0."""
-    _ensure_absl_flags_parsed()
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
-    )
-    if num_workers > 0:
-        _kill_leftover_workers_at_exit()
-        it = it.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=int(num_workers), per_worker_buffer_size=_WORKER_BUFFER_BATCHES
-            ),
-            worker_init_fn=_leave_signals_to_parent,
-        )
-    return it
-
-
-@contextlib.contextmanager
-def iterating(loader):
-    """``iter(loader)``, closed on leaving (its worker processes stopped in order, also when evaluation
-    is interrupted)."""
-    iterator = iter(loader)
-    try:
-        yield iterator
-    finally:
-        if hasattr(iterator, "close"):
-            iterator.close()
-
-
 def make_mixup(config) -> mixup_lib.Mixup:
     aug = config.aug
     return mixup_lib.Mixup(
@@ -145,38 +69,6 @@ def make_mixup(config) -> mixup_lib.Mixup:
         num_classes=config.num_classes,
         mode=aug.get("mixup_mode", "batch"),
     )
-
-
-class AugmentAtGlobalPosition(grain.transforms.MapWithIndex):
-    """Per-example augmentation (``transform.random_map(element, rng)``) seeded by the
-    example's position in the global stream.
-
-    Process p of P sees global positions p, p + P, p + 2P, ...; seeding by that
-    position (not by p and the local index) makes a run on P processes augment
-    every example exactly as a run on one process does.
-    """
-
-    def __init__(self, transform, seed: int, process_index: int, process_count: int):
-        self.transform = transform
-        self.seed, self.process_index, self.process_count = int(seed), int(process_index), int(process_count)
-
-    def map_with_index(self, index: int, element: dict) -> dict:
-        position = int(index) * self.process_count + self.process_index
-        return self.transform.random_map(element, np.random.default_rng([self.seed, position, _AUGMENT]))
-
-
-def augmented_process_shard(source, transform, *, seed: int, process_index: int,
-                            process_count: int) -> grain.MapDataset:
-    """This process's share of the endless training stream, augmented example by example.
-
-    Same global permutation on every process, a new one each epoch (grain's
-    shuffle reseeds with seed + epoch for indices beyond one epoch); process p
-    takes every P-th element from p; ``transform.random_map`` runs with an rng
-    seeded at the element's global position (:class:`AugmentAtGlobalPosition`).
-    """
-    ds = grain.MapDataset.source(source).shuffle(seed=_derive_seed(seed, _SHUFFLE)).repeat()
-    ds = ds[process_index::process_count]
-    return ds.map_with_index(AugmentAtGlobalPosition(transform, seed, process_index, process_count))
 
 
 def interleave_partners(batch_size: int) -> np.ndarray:
@@ -238,7 +130,7 @@ def create_train_loader(
     Yields {"image": uint8 (B, S, S, 3), "label": float32 (B, K) soft targets,
     "valid": float32 (B,)} with B = config.global_batch_size // process_count,
     plus the random-erasing and mixup draws when those are on
-    (:func:`vheat_jax.data.on_device.train_batch_spec`); ``on_device.train_images``
+    (:func:`vheat_jax.cls.on_device.train_batch_spec`); ``on_device.train_images``
     turns a batch into the model's input.
     """
     _check_process(process_index, process_count)
@@ -274,14 +166,6 @@ class _EvalShard:
 
     def __repr__(self) -> str:
         return f"_EvalShard({self.source!r}, start={self.start}, end={self.end}, length={self.length})"
-
-
-def eval_shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
-    """Contiguous, near-even split: sizes differ by at most one."""
-    return (
-        process_index * num_examples // process_count,
-        (process_index + 1) * num_examples // process_count,
-    )
 
 
 def num_eval_batches(num_examples: int, local_batch: int, process_count: int) -> int:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vheat_jax.data.transforms import ERASE_MODES, IMAGENET_MEAN, IMAGENET_STD
+from vheat_jax.cls.transforms import ERASE_MODES, IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalize(images: jax.Array) -> jax.Array:

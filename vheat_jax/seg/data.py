@@ -3,7 +3,7 @@
 Training, for process p of P: global shuffle (reshuffled every epoch, the same on every
 process) -> repeat -> every P-th example from p -> decode + :class:`SegTrainTransform`
 (rng from (seed, position in the global stream), as the classification stream:
-``data.pipeline.augmented_process_shard``) -> batches of ``global_batch_size // P``. Batching
+:func:`vheat_jax.train.streams.augmented_process_shard`) -> batches of ``global_batch_size // P``. Batching
 happens before the worker processes, so batch i does not depend on ``num_workers``, and the
 iterator state (``get_state``/``set_state``) is what the checkpoint stores.
 
@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from vheat_jax.data.pipeline import augmented_process_shard, eval_shard_bounds, to_iter_dataset
 from vheat_jax.seg.sources import make_seg_source
 from vheat_jax.seg.transforms import SegAugmentation, SegTrainTransform, load_example
+from vheat_jax.train.streams import augmented_process_shard, eval_shard_bounds, to_iter_dataset
 
 
 def augmentation(config) -> SegAugmentation:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from vheat_jax.errors import ConfigError
 from vheat_jax.paths import as_path, read_with_retry
-from vheat_jax.train.config import ConfigError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
@@ -129,7 +129,7 @@ def make_source(config, split: str):
     if kind == "imagefolder":
         return ImageFolderSource(config.data_dir, split)
     if kind == "digits":
-        from vheat_jax.data.digits import ensure_digits_image_folder  # pylint: disable=import-outside-toplevel
+        from vheat_jax.cls.digits import ensure_digits_image_folder  # pylint: disable=import-outside-toplevel
 
         return ImageFolderSource(ensure_digits_image_folder(config.data_dir), split)
     if kind == "tfds":

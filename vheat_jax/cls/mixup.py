@@ -11,7 +11,7 @@ Randomness comes from an explicit ``numpy.random.Generator``.
 
 The host draws the parameters and computes the soft targets (B x K floats);
 the images stay uint8 and the blend happens under ``jit``
-(:mod:`vheat_jax.data.on_device`), per row: outside ``box`` the pixel is
+(:mod:`vheat_jax.cls.on_device`), per row: outside ``box`` the pixel is
 ``weight * own + (1 - weight) * partner``, inside ``box`` it is the partner's.
 Mixup rows have an empty box and ``weight = lam``; cutmix rows have
 ``weight = 1`` and the cut box; unmixed rows have ``weight = 1`` and no box.

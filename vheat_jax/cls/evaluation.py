@@ -22,15 +22,17 @@ from absl import logging
 from vheat_jax import paths
 from vheat_jax.arch import Arch
 from vheat_jax.benchmark import time_jitted
+from vheat_jax.cls.data import create_eval_loader, num_eval_batches
+from vheat_jax.cls.pretrained import arch_of
+from vheat_jax.cls.sources import make_source
+from vheat_jax.cls.task import data_config
+from vheat_jax.cls.training import build_model
 from vheat_jax.convert import load_any
-from vheat_jax.data import create_eval_loader, iterating, make_source
-from vheat_jax.data.pipeline import num_eval_batches
 from vheat_jax.flops import model_macs
 from vheat_jax.forms import to_inference_form
 from vheat_jax.train import sharding
 from vheat_jax.train.checkpointing import restore_latest
-from vheat_jax.train.classification import build_model, data_config
-from vheat_jax.train.pretrained import arch_of
+from vheat_jax.train.streams import iterating
 
 
 def load_for_eval(checkpoint: str, config, *, ema: bool, post_norm: bool | None = None) -> tuple[Arch, dict, str]:

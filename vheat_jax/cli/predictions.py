@@ -1,4 +1,4 @@
-"""Predictions on image files (``predict.py``): top-k classes, segmentation and detection overlays as PNGs.
+"""What ``predict.py`` draws and prints: top-k classes, segmentation and detection overlays as PNGs.
 
 Each task's own inference path does the work (eval.py's model preparation and eval transform,
 mmseg's test pipeline through :class:`~vheat_jax.seg.inference.Segmenter`, mmdet's through
@@ -46,11 +46,11 @@ class Classifier:
 
     @classmethod
     def load(cls, checkpoint: str, config, *, ema: bool = False) -> Classifier:
-        from vheat_jax import evaluate  # noqa: PLC0415 - the training stack only where it is needed
-        from vheat_jax.data import EvalTransform  # noqa: PLC0415
+        from vheat_jax.cls import evaluation  # noqa: PLC0415 - the training stack only where it is needed
+        from vheat_jax.cls.transforms import EvalTransform  # noqa: PLC0415
 
-        arch, params, _ = evaluate.load_for_eval(checkpoint, config, ema=ema)
-        model, params = evaluate.prepare_model(arch, params, form="infer", img_size=config.image_size,
+        arch, params, _ = evaluation.load_for_eval(checkpoint, config, ema=ema)
+        model, params = evaluation.prepare_model(arch, params, form="infer", img_size=config.image_size,
                                                dtype=jnp.float32)
         return cls(model, params, EvalTransform(config.image_size, config.aug.get("crop_pct", 0.875)))
 

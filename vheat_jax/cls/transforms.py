@@ -6,7 +6,7 @@ Training (``TrainTransform``, host side, uint8 throughout):
   -> horizontal flip (p=0.5) -> RandAugment ``rand-m9-mstd0.5-inc1`` *or*
   ColorJitter(0.4) (timm ignores ``color_jitter`` when ``auto_augment`` is set)
   -> the RandomErasing(p=0.25, 'pixel') box.  ToTensor + Normalize, the erasing
-  itself and mixup happen on the device (:mod:`vheat_jax.data.on_device`).
+  itself and mixup happen on the device (:mod:`vheat_jax.cls.on_device`).
   With ``aug.scaled_decode`` (default on) a JPEG's crop box is drawn on the
   full-size image first, then the decoder scales by 1/2, 1/4 or 1/8 in the DCT
   domain, the smallest at which the crop is still at least S x S (libjpeg-turbo
@@ -33,8 +33,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageEnhance
 
-from vheat_jax.data import randaugment
-from vheat_jax.train.config import ConfigError
+from vheat_jax.cls import randaugment
+from vheat_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class TrainTransform:
 
     Output: {"image": uint8 (S, S, 3), "label": int32, "valid": float32}, plus
     "erase_box" int32 (4,) and "erase_seed" uint32 when random erasing is on
-    (``aug.reprob > 0``); :func:`vheat_jax.data.on_device.train_images` finishes the recipe.
+    (``aug.reprob > 0``); :func:`vheat_jax.cls.on_device.train_images` finishes the recipe.
     """
 
     def __init__(self, image_size: int, aug=None):

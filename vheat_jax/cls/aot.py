@@ -16,8 +16,9 @@ import jax
 from jax.experimental import topologies
 
 from vheat_jax.benchmark import compiled_memory, live_bytes
-from vheat_jax.train import optim, sharding
-from vheat_jax.train.classification import StateFactory, build_model, jit_train_step, train_batch_spec
+from vheat_jax.cls import optim
+from vheat_jax.cls.training import StateFactory, build_model, jit_train_step, train_batch_spec
+from vheat_jax.train import sharding
 
 
 def compile_train_step(config, devices, *, steps: int = 1000):
