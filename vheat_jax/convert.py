@@ -335,11 +335,12 @@ def load_converted(path: str | os.PathLike, *, verify: bool = True) -> tuple[Arc
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
     """``"segmentation"`` (an mmseg UperNet ``.pth``), ``"detection"`` (an mmdet Mask R-CNN ``.pth``) or
-    ``"classification"`` (anything else: a vHeat classifier or backbone, as eval.py and init_from read)."""
+    ``"classification"`` (anything else: a vHeat classifier or backbone, as eval.py and init_from read),
+    from the pickle's keys alone: no tensor bytes are read."""
     path = as_path(path)
     if path.is_dir() or path.suffix != ".pth":
         return "classification"
-    state = load_pth(path)
+    state = load_pth(path, tensors=False)  # the keys tell; the tensors are read once, by the loader that follows
     state = state.get("state_dict", {}) if isinstance(state, dict) else {}
     if any(str(key).startswith("decode_head.") for key in state):
         return "segmentation"

@@ -139,6 +139,12 @@ class _TorchDtype(NamedTuple):
     dtype: np.dtype
 
 
+class _UnreadStorage(NamedTuple):
+    """A storage a layout-only load (``load_pth(..., tensors=False)``) does not read: its element type only."""
+
+    dtype: np.dtype
+
+
 class _Storage(NamedTuple):
     """A storage read from ``data/<key>``: a read-only 1-D little-endian array over the record's bytes.
 
@@ -168,6 +174,9 @@ def _tensor_from_storage(storage: Any, offset: Any, size: Any, stride: Any, dtyp
     Bounds are checked before ``as_strided``, which would otherwise read past the
     storage. ``dtype`` reinterprets an untyped (byte) storage; None keeps the storage's.
     """
+    if isinstance(storage, _UnreadStorage):  # the shape and dtype, no bytes: a zero-stride placeholder
+        placeholder = np.zeros((), (dtype or storage.dtype).newbyteorder("="))
+        return np.broadcast_to(placeholder, _int_tuple(size, "size"))
     if not isinstance(storage, _Storage):
         raise CheckpointError(f"tensor rebuilt from {type(storage).__name__}, not from a storage record")
     data = storage.data
@@ -469,8 +478,9 @@ class _Archive:
     module's resource model.
     """
 
-    def __init__(self, zf: zipfile.ZipFile, archive_bytes: int) -> None:
+    def __init__(self, zf: zipfile.ZipFile, archive_bytes: int, *, read_tensors: bool = True) -> None:
         self._zf = zf
+        self._read_tensors = read_tensors
         self._infos = {info.filename: info for info in zf.infolist()}
         if len(self._infos) != len(zf.infolist()):  # torch.load reads the first of two, zipfile the last
             twice = sorted(name for name, count in collections.Counter(zf.namelist()).items() if count > 1)
@@ -525,6 +535,8 @@ class _Archive:
                 and isinstance(pid[2], str) and _is_int(pid[4]) and pid[4] >= 0):
             raise CheckpointError(f"unsupported persistent id {pid!r:.100}")
         _, storage_type, key, _location, numel = pid
+        if not self._read_tensors:
+            return _UnreadStorage(storage_type.dtype)
         if key not in self._storages:
             self._storages[key] = self._read_storage(key)
         data = self._storages[key].data
@@ -578,7 +590,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             self._inert[module, name] = _inert_class(module, name)
         return self._inert[module, name]
 
-    def persistent_load(self, pid: Any) -> _Storage:
+    def persistent_load(self, pid: Any) -> _Storage | _UnreadStorage:
         return self._archive.storage(pid)
 
 
@@ -595,12 +607,15 @@ def _not_a_zip_message(source: str, head: bytes) -> str:
     return f"{source} is not a PyTorch checkpoint (torch >= 1.6 writes zip archives; this is not one)"
 
 
-def load_pth(path: str | os.PathLike) -> Any:
+def load_pth(path: str | os.PathLike, *, tensors: bool = True) -> Any:
     """Reads a ``.pth`` checkpoint into plain Python containers and numpy arrays, executing nothing.
 
     Tensors become contiguous numpy arrays of the same dtype (bfloat16 as
     ``ml_dtypes.bfloat16``); instances of unknown classes become
-    :class:`OpaqueObject`. Raises :class:`UnsafeCheckpointError` if the pickle
+    :class:`OpaqueObject`. With ``tensors=False`` only ``data.pkl`` is read: each
+    tensor is a read-only zero-stride placeholder of its shape and dtype, so the
+    keys, shapes and dtypes cost no storage bytes (how a checkpoint's kind is told
+    before it is read once). Raises :class:`UnsafeCheckpointError` if the pickle
     tries to run code, :class:`CheckpointError` for anything else it cannot read,
     including a file whose claims exceed the bounds of the module's resource model.
     """
@@ -614,13 +629,13 @@ def load_pth(path: str | os.PathLike) -> Any:
             zf = zipfile.ZipFile(f)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error, NotImplementedError):
             raise CheckpointError(_not_a_zip_message(source, head)) from None
-        return _load_archive(zf, size, source)
+        return _load_archive(zf, size, source, read_tensors=tensors)
 
 
-def _load_archive(zf: zipfile.ZipFile, size: int, source: str) -> Any:
+def _load_archive(zf: zipfile.ZipFile, size: int, source: str, *, read_tensors: bool) -> Any:
     with zf:
         try:
-            archive = _Archive(zf, size)
+            archive = _Archive(zf, size, read_tensors=read_tensors)
             archive.check_byteorder()
             loaded = _RestrictedUnpickler(archive).load()
             _check_nesting(loaded)
