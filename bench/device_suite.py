@@ -16,6 +16,8 @@ Sections (each a list of rows in the JSON):
   peak memory, and MFU: the model's FLOPs (``vheat_jax.flops``: 2 x the forward's MACs, training
   3 x the forward) / time / measured bf16 matmul peak. XLA's ``cost_analysis()`` is not used for it:
   on GPU it leaves out cuBLAS and fused calls (143.8 GFLOP counted for a ~3.5 TFLOP step).
+* ``train_step_scanned``: the same with each stage's blocks as one ``lax.scan``
+  (``model.scan_blocks``): its ``compile_s`` and images/s beside ``train_step``'s decide the default.
 * ``hco_forms`` / ``dwconv_forms``: the heat operator in each form of ``vheat_jax.heat.HCO_FORMS``
   and the depthwise 3x3 conv as shifted multiply-adds vs. XLA's grouped convolution, forward +
   backward at vHeat-T's stage shapes: what a per-backend choice would pick.
@@ -59,7 +61,7 @@ MODES = {
     # CI's smoke run: every code path, shrunken models (compiles dominate on CPU), numbers meaningless.
     "cpu": {"variants": ("vheat_tiny",), "batch": 2, "size": 32, "iters": 2,
             "high_res": (64,), "high_res_batch": 1, "train_batch": 2, "matmul": 256,
-            "stages": ((8, 32),), "stage_batch": 2, "model": {"dims": 8, "depths": (1, 1)}},
+            "stages": ((8, 32),), "stage_batch": 2, "model": {"dims": 8, "depths": (2, 1)}},
 }
 
 
@@ -119,15 +121,16 @@ def forward_flops(model, params, batch: int, size: int) -> float:
     return 2.0 * model_macs(model, shapes, batch=batch, img_hw=(size, size))
 
 
-def train_step(setup: dict, bf16_tflops: float) -> list[dict]:
-    return [row for name in setup["variants"] for row in _train_step(name, setup, bf16_tflops)]
+def train_step(setup: dict, bf16_tflops: float, *, scan_blocks: bool = False) -> list[dict]:
+    return [row for name in setup["variants"] for row in _train_step(name, setup, bf16_tflops, scan_blocks)]
 
 
-def _train_step(name: str, setup: dict, bf16_tflops: float) -> list[dict]:
+def _train_step(name: str, setup: dict, bf16_tflops: float, scan_blocks: bool) -> list[dict]:
     """The trainer's step without its input pipeline: CE loss, grads, clip, AdamW, on one device."""
     size, batch = setup["size"], setup["train_batch"]
     dtype = jnp.bfloat16 if setup is MODES["full"] else jnp.float32
-    model = create_model(name, img_size=size, dtype=dtype, drop_path_rate=0.0, **setup["model"])
+    model = create_model(name, img_size=size, dtype=dtype, drop_path_rate=0.0, scan_blocks=scan_blocks,
+                         **setup["model"])
     images = jnp.ones((batch, size, size, 3), jnp.float32)
     labels = jnp.zeros((batch,), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
@@ -145,7 +148,7 @@ def _train_step(name: str, setup: dict, bf16_tflops: float) -> list[dict]:
 
     result = timed(step, params, opt_state, images, labels, iters=setup["iters"])
     flops = 3 * forward_flops(model, params, batch, size)  # forward + backward (2 x forward)
-    return [{"model": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "size": size,
+    return [{"model": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "size": size, "scan_blocks": scan_blocks,
              "img_s": batch / result["median_s"], "model_flops": flops,
              "mfu_vs_measured_bf16_peak": flops / result["median_s"] / (bf16_tflops * 1e12), **result}]
 
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: full on a GPU/TPU, cpu (reduced) otherwise")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--sections", default="matmul_peak,throughput,high_resolution,train_step,hco_forms,"
-                        "dwconv_forms", help="comma-separated subset")
+                        "dwconv_forms,train_step_scanned", help="comma-separated subset")
     args = parser.parse_args(argv)
     backend = jax.default_backend()
     mode = args.mode if args.mode != "auto" else ("cpu" if backend == "cpu" else "full")
@@ -220,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"matmul_peak": lambda: peak, "throughput": lambda: throughput(setup, bf16_tflops),
                "high_resolution": lambda: high_resolution(setup),
                "train_step": lambda: train_step(setup, bf16_tflops),
+               "train_step_scanned": lambda: train_step(setup, bf16_tflops, scan_blocks=True),
                "hco_forms": lambda: hco_forms(setup), "dwconv_forms": lambda: dwconv_forms(setup)}
     for name in sections:
         section_start = time.perf_counter()

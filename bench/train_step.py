@@ -42,7 +42,7 @@ def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict[s
 
 
 def build_step(model_name: str, image_size: int, batch_size: int, *, dtype: str = "float32", remat: bool = False,
-               hco_form: str = "auto"):
+               hco_form: str = "auto", scan_blocks: bool = False):
     """``(model, jitted step, fresh state, device batch)``: the trainer's step on one device, a fixed batch."""
     config: ml_collections.ConfigDict = default_config()
     config.model.name = model_name
@@ -50,6 +50,7 @@ def build_step(model_name: str, image_size: int, batch_size: int, *, dtype: str 
     config.compute_dtype = dtype
     config.remat = remat
     config.model.hco_form = hco_form
+    config.model.scan_blocks = scan_blocks
     model = build_model(config)
     tx, schedule = optim.create_optimizer(
         config.optimizer, global_batch_size=batch_size, warmup_steps=10, total_steps=1000
@@ -72,10 +73,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="timed steps after one warm-up step (median reported)")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--hco-form", default="auto", help="heat operator layout (vheat_jax.heat.HCO_FORMS)")
+    parser.add_argument("--scan-blocks", action="store_true",
+                        help="each stage's blocks as one lax.scan (config.model.scan_blocks=True)")
     args = parser.parse_args()
 
     model, step, state, batch = build_step(args.model, args.image_size, args.batch, dtype=args.dtype,
-                                           remat=args.remat, hco_form=args.hco_form)
+                                           remat=args.remat, hco_form=args.hco_form, scan_blocks=args.scan_blocks)
 
     start = time.perf_counter()
     state, metrics = step(state, batch)
@@ -97,6 +100,7 @@ def main() -> None:
                 "compute_dtype": str(np.dtype(model.dtype)),
                 "remat": args.remat,
                 "hco_form": args.hco_form,
+                "scan_blocks": args.scan_blocks,
                 "device": jax.devices()[0].device_kind,
                 "images_per_s": round(args.batch / step_s, 2),
                 "step_s": round(step_s, 3),

@@ -38,9 +38,10 @@ def test_every_backbone_field_reaches_every_tasks_backbone(task, path):
     assert set(base_config(task).model) <= set(config.model)  # declared once, present everywhere
     config.model.dims, config.model.depths, config.model.post_norm = 16, (1, 1, 2, 1), True
     config.model.layer_scale, config.model.hco_form, config.model.drop_path_rate = 1e-4, "channel_major", 0.25
+    config.model.scan_blocks = True
     arch, backbone = backbone_of(task, config)
     for name, value in (("dims", 16), ("depths", (1, 1, 2, 1)), ("post_norm", True), ("layer_scale", 1e-4),
-                        ("hco_form", "channel_major"), ("drop_path_rate", 0.25)):
+                        ("hco_form", "channel_major"), ("drop_path_rate", 0.25), ("scan_blocks", True)):
         assert getattr(backbone, name) == value, (task, name)
         if arch is not None and name in ("dims", "depths", "post_norm", "layer_scale"):
             assert getattr(arch, name) == value, (task, name)

@@ -3,8 +3,8 @@ init_from and predict.py read a checkpoint's tensors once, not once to classify 
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, VHEAT_FIXTURES
+
 from vheat_jax import torch_io
 from vheat_jax.convert import checkpoint_kind
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth

@@ -11,7 +11,8 @@ import sys
 
 from conftest import ROOT
 
-SECTIONS = {"matmul_peak", "throughput", "high_resolution", "train_step", "hco_forms", "dwconv_forms"}
+SECTIONS = {"matmul_peak", "throughput", "high_resolution", "train_step", "hco_forms", "dwconv_forms",
+            "train_step_scanned"}
 
 
 def test_device_suite_runs_end_to_end_in_cpu_mode(tmp_path):
@@ -25,9 +26,13 @@ def test_device_suite_runs_end_to_end_in_cpu_mode(tmp_path):
     assert report["mode"] == "cpu" and report["backend"] == "cpu" and set(report["sections"]) == SECTIONS
     sections = report["sections"]
     assert all(sections[name] for name in SECTIONS)
-    for row in sections["throughput"] + sections["train_step"]:
+    for row in sections["throughput"] + sections["train_step"] + sections["train_step_scanned"]:
         assert row["img_s"] > 0 and math.isfinite(row["img_s"]) and row["flops"] > 0
         assert row["model_flops"] > 0 and 0 < row["mfu_vs_measured_bf16_peak"] < 10  # the model's count
+    # The scanned stage is the same model: the same count of the model's FLOPs, beside its own compile time.
+    plain, scanned = sections["train_step"][0], sections["train_step_scanned"][0]
+    assert (plain["scan_blocks"], scanned["scan_blocks"]) == (False, True)
+    assert plain["model_flops"] == scanned["model_flops"] and scanned["compile_s"] > 0
     assert {row["dtype"] for row in sections["throughput"]} == {"float32", "bfloat16"}
     assert {row["model"] for row in sections["high_resolution"]} == {"vheat_tiny", "vit_deit_s"}
     # The forms timed are the same function: within float32 noise (HCO) and bfloat16 rounding (conv).

@@ -77,6 +77,9 @@ def model_macs(module, params, batch: int = 1, img_hw: tuple[int, int] = (224, 2
             norm_elements.append(math.prod(args[0].shape))
         return next_fun(*args, **kwargs)
 
+    if getattr(module, "scan_blocks", False):  # the norms are counted per call: each block called once
+        module = module.clone(scan_blocks=False)
+
     def forward(p, x):
         with nn.intercept_methods(count_norms):
             return module.apply({"params": p}, x)

@@ -62,12 +62,13 @@ class DropPath(nn.Module):
     rate: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
+    def __call__(self, x: jax.Array, deterministic: bool, rate: jax.Array | None = None) -> jax.Array:
+        """``rate``, when given, replaces the field: a traced value (the blocks of a scanned stage differ)."""
+        if deterministic or (rate is None and self.rate == 0.0):
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - (self.rate if rate is None else rate)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return x * mask.astype(x.dtype) / keep
+        return x * mask.astype(x.dtype) / jnp.asarray(keep, x.dtype)
 
 
 class Mlp(nn.Module):
@@ -94,7 +95,8 @@ class HeatBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, freq_embed: jax.Array | None, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, freq_embed: jax.Array | None, train: bool,
+                 drop_rate: jax.Array | None = None) -> jax.Array:
         op = HeatConduction(self.dim, self.res, self.infer_mode, self.hco_form, self.dtype, name="op")
         mlp = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name="mlp")
         norm1 = LayerNorm(dtype=self.dtype, name="norm1")
@@ -113,14 +115,17 @@ class HeatBlock(nn.Module):
             if self.layer_scale is not None:
                 gamma = self.param(f"gamma{index}", nn.initializers.constant(self.layer_scale), (self.dim,))
                 y = gamma * y
-            x = x + drop(y, deterministic=not train)
+            x = x + drop(y, deterministic=not train, rate=drop_rate)
         return x
 
 
 class HeatStage(nn.Module):
     """One stage: ``depth`` Heat blocks sharing ``freq_embed``, then optional downsampling.
 
-    Returns ``(stage_output, next_stage_input)``.
+    Returns ``(stage_output, next_stage_input)``. With ``scan_blocks`` (after initialisation) the
+    blocks run as one ``lax.scan`` over their parameters stacked in the step: XLA compiles one
+    block per stage instead of ``depth``, while the parameter tree keeps one ``blocks_{j}`` per
+    block, so checkpoints, the converter and the key maps see the same tree either way.
     """
 
     dim: int
@@ -133,23 +138,51 @@ class HeatStage(nn.Module):
     mlp_ratio: float = 4.0
     infer_mode: bool = False
     remat: bool = False
+    scan_blocks: bool = False
     hco_form: str = "auto"
     dtype: jnp.dtype = jnp.float32
 
+    def _block_fields(self) -> dict:
+        return dict(dim=self.dim, res=self.res, post_norm=self.post_norm, layer_scale=self.layer_scale,
+                    mlp_ratio=self.mlp_ratio, infer_mode=self.infer_mode, hco_form=self.hco_form, dtype=self.dtype)
+
     @nn.compact
     def __call__(self, x, freq_embed, train: bool):
-        # static_argnums counts `self`: argument 3 is `train`.
-        block_cls = nn.remat(HeatBlock, static_argnums=(3,)) if self.remat else HeatBlock
-        for j in range(self.depth):
-            x = block_cls(
-                dim=self.dim, res=self.res, drop_path=self.drop_paths[j], post_norm=self.post_norm,
-                layer_scale=self.layer_scale, mlp_ratio=self.mlp_ratio, infer_mode=self.infer_mode,
-                hco_form=self.hco_form, dtype=self.dtype, name=f"blocks_{j}",
-            )(x, freq_embed, train)
+        if self.scan_blocks and self.depth > 1 and not self.is_initializing():
+            x = self._scanned_blocks(x, freq_embed, train)
+        else:
+            # static_argnums counts `self`: argument 3 is `train`.
+            block_cls = nn.remat(HeatBlock, static_argnums=(3,)) if self.remat else HeatBlock
+            for j in range(self.depth):
+                x = block_cls(drop_path=self.drop_paths[j], **self._block_fields(), name=f"blocks_{j}")(
+                    x, freq_embed, train)
         if not self.downsample:
             return x, x
         y = conv3x3(2 * self.dim, stride=2, use_bias=False, dtype=self.dtype, name="downsample_conv")(x)
         return x, LayerNorm(dtype=self.dtype, name="downsample_norm")(y)
+
+    def _scanned_blocks(self, x: jax.Array, freq_embed: jax.Array | None, train: bool) -> jax.Array:
+        """The blocks as one scan: the j-th step applies ``blocks_{j}``'s parameters with its drop-path rate
+        and its own ``dropout`` key."""
+        params = self.variables["params"]
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(params[f"blocks_{j}"] for j in range(self.depth)))
+        keys = rates = None  # no drop path: the blocks' own rate (0) skips it
+        if train and any(self.drop_paths):
+            keys = jax.random.split(self.make_rng("dropout"), self.depth)
+            rates = jnp.asarray(self.drop_paths, jnp.float32)
+        block = HeatBlock(**self._block_fields(), parent=None)
+
+        def step(h, per_block):
+            block_params, rate, key = per_block
+            rngs = None if key is None else {"dropout": key}
+            return block.apply({"params": block_params}, h, freq_embed, train, rate, rngs=rngs), None
+
+        if self.remat:
+            step = jax.checkpoint(step)
+        # The carry keeps one dtype: a block with layer scale returns float32 (its gammas) from a bfloat16 input.
+        carry = jax.eval_shape(step, x, jax.tree.map(lambda a: a[0], (stacked, rates, keys)))[0]
+        x, _ = jax.lax.scan(step, x.astype(carry.dtype), (stacked, rates, keys))
+        return x
 
 
 class _VHeatEncoder(nn.Module):
@@ -165,6 +198,7 @@ class _VHeatEncoder(nn.Module):
     mlp_ratio: float = 4.0
     infer_mode: bool = False
     remat: bool = False
+    scan_blocks: bool = False  # each stage's blocks as one lax.scan: compiled once per stage, same parameters
     hco_form: str = "auto"  # see vheat_jax.heat.HCO_FORMS; all forms give the same outputs
     dtype: jnp.dtype = jnp.float32
 
@@ -194,7 +228,7 @@ class _VHeatEncoder(nn.Module):
                 dim=dim, depth=depth, res=res, drop_paths=tuple(rates[first:first + depth]),
                 downsample=i < len(self.depths) - 1, post_norm=self.post_norm, layer_scale=self.layer_scale,
                 mlp_ratio=self.mlp_ratio, infer_mode=self.infer_mode, remat=self.remat,
-                hco_form=self.hco_form, dtype=self.dtype, name=f"layers_{i}",
+                scan_blocks=self.scan_blocks, hco_form=self.hco_form, dtype=self.dtype, name=f"layers_{i}",
             )(x, freq_embed, train)
             outputs.append(stage_out)
         return outputs

@@ -141,12 +141,14 @@ class MaskRCNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
     drop_path_rate: float = 0.0
     remat: bool = False
+    scan_blocks: bool = False  # the backbone's; outputs do not depend on it
     hco_form: str = "auto"  # the backbone's (vheat_jax.heat.HCO_FORMS); outputs do not depend on it
 
     def setup(self):
         cfg = self.config
         self.backbone = self.backbone_arch.build(dtype=self.dtype, drop_path_rate=self.drop_path_rate,
-                                                 remat=self.remat, hco_form=self.hco_form)
+                                                 remat=self.remat, scan_blocks=self.scan_blocks,
+                                                 hco_form=self.hco_form)
         self.neck = FPN(cfg.fpn_channels, len(self.backbone_arch.depths), cfg.num_outs, self.dtype)
         self.rpn_head = RPNHead(cfg.rpn_feat_channels, cfg.num_anchors, self.dtype)
         self.bbox_head = Shared2FCBBoxHead(cfg.num_classes, cfg.fc_channels, self.dtype)

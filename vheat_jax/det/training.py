@@ -1,4 +1,5 @@
-"""Detection training pieces: the model from ``config.model``, optimizer with mmdetection's parameter rules, schedule, state, ``train_step``.
+"""Detection training pieces: the model from ``config.model``, optimizer with mmdetection's parameter rules,
+schedule, state, ``train_step``.
 
 * AdamW (torch semantics = ``optax.adamw``), weight decay skipped exactly where
   mmdetection's ``paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)})``

@@ -51,7 +51,7 @@ class UperNetConfig:
         return stage_widths(self.backbone.dims, len(self.backbone.depths))
 
     def build(self, **fields: Any) -> UperNet:
-        """The Flax module; ``fields``: ``drop_path_rate``, ``dtype``, ``remat``, ``hco_form``."""
+        """The Flax module; ``fields``: ``drop_path_rate``, ``dtype``, ``remat``, ``scan_blocks``, ``hco_form``."""
         return UperNet(self, **fields)
 
     def replace(self, **changes: Any) -> UperNetConfig:
@@ -87,12 +87,13 @@ class UperNet(nn.Module):
     drop_path_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    scan_blocks: bool = False  # the backbone's; outputs do not depend on it
     hco_form: str = "auto"  # the backbone's (vheat_jax.heat.HCO_FORMS); outputs do not depend on it
 
     def setup(self):
         cfg = self.config
         self.backbone = cfg.backbone.build(drop_path_rate=self.drop_path_rate, dtype=self.dtype, remat=self.remat,
-                                           hco_form=self.hco_form)
+                                           scan_blocks=self.scan_blocks, hco_form=self.hco_form)
         self.decode_head = UPerHead(cfg.num_classes, cfg.channels, tuple(cfg.pool_scales), cfg.dropout_ratio,
                                     self.dtype)
         self.auxiliary_head = FCNHead(cfg.num_classes, cfg.aux_channels, cfg.aux_num_convs, cfg.aux_kernel_size,

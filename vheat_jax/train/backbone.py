@@ -42,9 +42,10 @@ def backbone_arch(config, *, img_size: int, num_classes: int | None) -> Arch:
 
 
 def runtime_fields(config) -> dict[str, Any]:
-    """How the backbone runs (module fields that change no parameter): drop path, HCO form, dtype, remat."""
+    """How the backbone runs (module fields that change no parameter): drop path, HCO form, dtype, remat,
+    scanned blocks."""
     return dict(drop_path_rate=config.model.drop_path_rate, hco_form=config.model.hco_form,
-                dtype=compute_dtype(config.compute_dtype), remat=config.remat)
+                dtype=compute_dtype(config.compute_dtype), remat=config.remat, scan_blocks=config.model.scan_blocks)
 
 
 def pretrained_backbone(path: str, asked: Arch, fresh: dict, *, ema: bool = False, post_norm: bool | None = None,

@@ -67,6 +67,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
         dims=config_dict.placeholder(int), depths=config_dict.placeholder(tuple),
         post_norm=config_dict.placeholder(bool), layer_scale=config_dict.placeholder(float),
         hco_form="auto",  # vheat_jax.heat.HCO_FORMS; "auto" picks for the running backend
+        # Each stage's blocks as one lax.scan (compiled once per stage; the same parameters either way). Off: on
+        # CPU it compiled no faster and stepped slower (docs/design.md); to be measured on GPU (bench/device_suite.py).
+        scan_blocks=False,
     ))
     config.compute_dtype = "auto"  # "auto": bfloat16 on TPU/GPU, float32 on CPU; params stay float32
     config.remat = False  # rematerialise each Heat block in the backward pass (less memory, more compute)
