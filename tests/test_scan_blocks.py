@@ -10,8 +10,8 @@ from conftest import VHEAT_CASES, load_case, nchw_to_nhwc
 import vheat_jax
 from vheat_jax.variants import create_model
 
-SMALL = dict(dims=16, depths=(2, 3, 2, 2), img_size=64, num_classes=10, drop_path_rate=0.2)
-IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+SMALL = dict(dims=8, depths=(2, 3, 2, 2), img_size=32, num_classes=10, drop_path_rate=0.2)
+IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
 
 
 def unrolled_and_scanned(**fields):
@@ -38,21 +38,21 @@ def test_same_parameters_and_gradients_as_the_unrolled_stages(fields):
     again = scanned.init(jax.random.key(0), IMAGES)["params"]
     assert jax.tree.structure(again) == jax.tree.structure(params) and max_diff(again, params) == 0
 
-    def loss(model):
-        return lambda p: jnp.sum(model.apply({"params": p}, IMAGES) ** 2)
+    def gradients(model):
+        return jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, IMAGES) ** 2)))(params)
 
-    grads = jax.grad(loss(unrolled))(params)
+    grads = gradients(unrolled)
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
-    assert max_diff(jax.grad(loss(scanned))(params), grads) < 1e-5 * scale
-    assert max_diff(jax.grad(loss(scanned.clone(remat=True)))(params), grads) < 1e-5 * scale
+    assert max_diff(gradients(scanned), grads) < 1e-5 * scale
+    assert max_diff(gradients(scanned.clone(remat=True)), grads) < 1e-5 * scale
 
 
 def test_bfloat16_with_layer_scale_keeps_the_unrolled_values():
     """A layer-scaled block turns a bfloat16 input into float32; the scan's carry follows it."""
     unrolled, scanned = unrolled_and_scanned(post_norm=True, layer_scale=1e-5, dtype=jnp.bfloat16)
     params = unrolled.init(jax.random.key(0), IMAGES)["params"]
-    expected = unrolled.apply({"params": params}, IMAGES)
-    np.testing.assert_allclose(scanned.apply({"params": params}, IMAGES), expected, rtol=0, atol=0.05)
+    expected = jax.jit(unrolled.apply)({"params": params}, IMAGES)
+    np.testing.assert_allclose(jax.jit(scanned.apply)({"params": params}, IMAGES), expected, rtol=0, atol=0.05)
 
 
 def test_drop_path_draws_per_block_and_per_key():
@@ -61,7 +61,8 @@ def test_drop_path_draws_per_block_and_per_key():
     evaluation = scanned.apply({"params": params}, IMAGES)
 
     def train(model, seed):
-        return model.apply({"params": params}, IMAGES, train=True, rngs={"dropout": jax.random.key(seed)})
+        apply = jax.jit(lambda key: model.apply({"params": params}, IMAGES, train=True, rngs={"dropout": key}))
+        return apply(jax.random.key(seed))
 
     assert max_diff(train(scanned, 1), train(scanned, 1)) == 0
     assert max_diff(train(scanned, 1), train(scanned, 2)) > 1e-3 and max_diff(train(scanned, 1), evaluation) > 1e-3
