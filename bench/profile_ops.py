@@ -4,11 +4,16 @@
     python bench/profile_ops.py --what infer     # eval.py's jitted forward (inference form, its XLA flags)
     python bench/profile_ops.py --what infer --xla-defaults   # the same under XLA:CPU's default fusion
     python bench/profile_ops.py --what train     # the trainer's jitted step (as bench/train_step.py)
+    python bench/profile_ops.py --what train --dtype bfloat16 --batch 128 --out profile.json   # on a GPU
 
 Traces a few iterations with ``jax.profiler`` (``--xla_cpu_enable_xprof_traceme``
 so XLA:CPU records every op), reads the trace back with jaxlib's profile-data
-reader, and sums the ops' durations per (fusion kind, the model path in the op's
-metadata). Prints JSON: wall time per iteration, the sum of op times, and the top
+reader (the device's planes where there are any, else the host's), and sums the
+ops' durations per (fusion kind, the model path in the op's metadata) and per part
+of the model or step (``bench/tpu_cost.py``'s categories: HCO, decay, depthwise
+conv, LayerNorm, MLP, the dense layers around the HCO, optimizer/EMA/loss/augmentation,
+the compiler's copies). Prints JSON (and writes it with ``--out``, to compare a later
+run with): wall time per iteration, the sum of op times, the categories and the top
 groups. On 2 cores ops may overlap, so the sum can exceed the wall time.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import json
 import os
 import re
@@ -34,6 +40,9 @@ def parse_args():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
+    parser.add_argument("--scan-blocks", action="store_true", help="each stage's blocks as one lax.scan")
+    parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--xla-defaults", action="store_true",
                         help="infer: leave out eval.py's XLA flags (vheat_jax.runtime.INFERENCE_XLA_FLAGS)")
     return parser.parse_args()
@@ -46,11 +55,11 @@ def build_infer(args):
     from vheat_jax.forms import to_inference_form
     from vheat_jax.variants import create_model
 
-    model = create_model(args.model, img_size=args.image_size)
+    model = create_model(args.model, img_size=args.image_size, scan_blocks=args.scan_blocks)
     images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
     params = jax.jit(model.init)(jax.random.key(1), images[:1])["params"]
     arch, params = to_inference_form(params, arch_of(model))
-    infer_model = arch.build()
+    infer_model = arch.build(dtype=jax.numpy.dtype(args.dtype), scan_blocks=args.scan_blocks)
     forward = jax.jit(lambda p, x: infer_model.apply({"params": p}, x))
     compiled = forward.lower(params, images).compile()
 
@@ -64,7 +73,8 @@ def build_train(args):
     import jax
     from train_step import build_step  # bench/, on sys.path when run as a script
 
-    _, step, state, batch = build_step(args.model, args.image_size, args.batch)
+    _, step, state, batch = build_step(args.model, args.image_size, args.batch, dtype=args.dtype,
+                                       scan_blocks=args.scan_blocks)
     holder = {"state": state}
     hlo = step.lower(state, batch).compile().as_text()
 
@@ -75,29 +85,37 @@ def build_train(args):
     return run, hlo
 
 
-def op_metadata(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> model path of its ``op_name`` metadata (numbers folded to *)."""
-    paths = {}
+def op_metadata(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Instruction name -> (its ``op_name`` metadata, its opcode)."""
+    ops = {}
     for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]+)\"", line)
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(.*?op_name=\"([^\"]+)\"", line)
         if match:
-            parts = [p for p in match.group(2).split("/") if p]
-            paths[match.group(1)] = re.sub(r"_\d+", "_*", "/".join(parts[-3:]))
-    return paths
+            ops[match.group(1)] = (match.group(3), match.group(2))
+    return ops
+
+
+def short_path(op_name: str) -> str:
+    """The last three parts of an ``op_name``, numbers folded to *."""
+    parts = [p for p in op_name.split("/") if p]
+    return re.sub(r"_\d+", "_*", "/".join(parts[-3:]))
 
 
 def op_times(trace_dir: str) -> collections.Counter:
     from jax._src.lib import _profile_data  # jaxlib's reader of the xplane protobuf
 
     path = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1]
+    planes = list(_profile_data.ProfileData.from_file(str(path)).planes)
+    devices = [plane for plane in planes if plane.name.startswith("/device:")]
     times = collections.Counter()
-    for plane in _profile_data.ProfileData.from_file(str(path)).planes:
+    for plane in devices or planes:  # a GPU's kernels, or XLA:CPU's ops on the host
         for line in plane.lines:
             if "python" in line.name:
                 continue
             for event in line.events:
                 if not any(skip in event.name for skip in ("ThunkExecutor", "Await", "$", "end:")):
-                    times[event.name] += event.duration_ns
+                    # Some planes name an op by its HLO text ("%fusion.3 = ..."): keep the instruction name.
+                    times[re.match(r"%?([^\s=]+)", event.name).group(1)] += event.duration_ns
     return times
 
 
@@ -120,17 +138,28 @@ def main() -> None:
         jax.profiler.stop_trace()
         wall_ms = (time.perf_counter() - start) / args.iters * 1e3
         times = op_times(trace_dir)
-    paths = op_metadata(hlo)
-    groups = collections.Counter()
+    from tpu_cost import category  # bench/, on sys.path when run as a script
+
+    ops = op_metadata(hlo)
+    groups, categories = collections.Counter(), collections.Counter()
     for name, ns in times.items():
-        groups[f"{name.split('.')[0]} | {paths.get(name, '')}"] += ns / args.iters / 1e6
-    print(json.dumps({
+        op_name, opcode = ops.get(name, ("", ""))
+        groups[f"{name.split('.')[0]} | {short_path(op_name)}"] += ns / args.iters / 1e6
+        categories[category(op_name, opcode) if op_name else "ops without metadata"] += ns / args.iters / 1e6
+    report = {
+        "date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
         "what": args.what, "model": args.model, "batch": args.batch, "image_size": args.image_size,
+        "dtype": args.dtype, "scan_blocks": args.scan_blocks,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "wall_ms_per_iter_while_tracing": round(wall_ms, 1),
         "sum_of_op_ms_per_iter": round(sum(times.values()) / args.iters / 1e6, 1),
+        "categories_ms": {key: round(ms, 2) for key, ms in categories.most_common()},
         "top_groups_ms": {key: round(ms, 2) for key, ms in groups.most_common(args.top)},
-    }, indent=1))
+    }
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
