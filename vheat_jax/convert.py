@@ -209,9 +209,14 @@ def array_checksums(params: Mapping) -> dict[str, int]:
 ARCH_CHECKSUM_KEY = "#arch"  # no parameter path starts with '#'
 
 
+def arch_checksum(arch: Arch) -> int:
+    """The CRC-32 of the architecture's JSON."""
+    return zlib.crc32(arch.to_json().encode())
+
+
 def checksums(params: Mapping, arch: Arch) -> dict[str, int]:
-    """What an export stores beside its arrays: :func:`array_checksums` and the CRC-32 of the architecture."""
-    return {**array_checksums(params), ARCH_CHECKSUM_KEY: zlib.crc32(arch.to_json().encode())}
+    """What an export stores beside its arrays: :func:`array_checksums` and :func:`arch_checksum`."""
+    return {**array_checksums(params), ARCH_CHECKSUM_KEY: arch_checksum(arch)}
 
 
 def verify_checksums(params: Mapping, arch: Arch, expected: Any, source: str) -> None:
@@ -222,7 +227,7 @@ def verify_checksums(params: Mapping, arch: Arch, expected: Any, source: str) ->
     if not isinstance(expected, Mapping):
         raise CheckpointError(f"{source}: its checksums are {type(expected).__name__}, not a mapping")
     expected = dict(expected)
-    if expected.pop(ARCH_CHECKSUM_KEY, None) != zlib.crc32(arch.to_json().encode()):
+    if expected.pop(ARCH_CHECKSUM_KEY, None) != arch_checksum(arch):
         raise CheckpointError(f"{source}: its architecture ({ARCH_FILE} / 'arch': {arch}) does not match the "
                               "checksum written with it; the file was edited or is corrupt: copy or convert it "
                               "again (verify=False loads it anyway)")

@@ -165,8 +165,6 @@ def new_train_state(params, tx) -> TrainState:
     )
 
 
-
-
 class StateFactory:
     """Builds the train state directly in its shardings (no host-side full copy)."""
 

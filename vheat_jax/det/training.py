@@ -45,7 +45,6 @@ def build_model(config) -> tuple[MaskRCNN, MaskRCNNConfig, Arch]:
     return model, det, arch
 
 
-
 @struct.dataclass
 class DetTrainState:
     step: jax.Array  # int32: optimizer updates so far

@@ -2,9 +2,10 @@
 
 ``config.model.name`` picks an official variant; ``dims``, ``depths``, ``post_norm`` and
 ``layer_scale`` (declared once in :func:`vheat_jax.train.config.base_config`, None: the
-variant's) override its architecture; ``drop_path_rate``, ``hco_form``, ``config.compute_dtype``
-and ``config.remat`` are how it runs. Classification, UperNet and Mask R-CNN all build their
-backbone from these two functions, so ``--config.model.<field>=`` means the same in each.
+variant's) override its architecture; ``drop_path_rate``, ``hco_form``, ``scan_blocks``,
+``config.compute_dtype`` and ``config.remat`` are how it runs. Classification, UperNet and
+Mask R-CNN all build their backbone from these two functions, so ``--config.model.<field>=``
+means the same in each.
 
 :func:`pretrained_backbone` is how every task takes ImageNet (or dense) vHeat weights from
 ``config.init_from``: the architecture must match (one line naming the difference, exit 2),
