@@ -1,6 +1,7 @@
 """The command-line surface: --help of every entry point, and a user's mistakes as one line with exit status 2."""
 
 import concurrent.futures
+import logging
 import os
 import subprocess
 import sys
@@ -199,3 +200,23 @@ def test_checkpoints_that_are_not_regular_files_are_one_line_within_seconds(tmp_
     assert_one_line_errors(calls, expected)
     with pytest.raises(NotAFileError, match="folder.pth is a folder"):  # the .pth reader the tasks call directly
         load_pth(tmp_path / "folder.pth")
+
+
+def _record_of_an_error_raised_in(filename: str, logger_path: str) -> logging.LogRecord:
+    """An ERROR record logged at ``logger_path`` about an exception raised in code from ``filename``."""
+    try:
+        exec(compile("raise OSError(28, 'No space left on device')", filename, "exec"))  # noqa: S102
+    except OSError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, logger_path, 1, "Future exception was never retrieved",
+                             None, exc_info)
+
+
+def test_a_library_errors_traceback_is_dropped_also_when_asyncio_reports_it():
+    """An Orbax write's unretrieved future is logged by asyncio: its message stays, its traceback goes."""
+    from vheat_jax.cli.common import _drop_library_chatter
+
+    orbax = _record_of_an_error_raised_in("/site-packages/orbax/checkpoint/async_path.py", "/asyncio/base_events.py")
+    assert _drop_library_chatter(orbax) and orbax.exc_info is None
+    ours = _record_of_an_error_raised_in("/work/vheat_jax/train/loop.py", "/asyncio/base_events.py")
+    assert _drop_library_chatter(ours) and ours.exc_info is not None  # not a library's: kept whole

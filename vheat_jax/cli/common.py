@@ -20,6 +20,7 @@ import importlib.util
 import logging as std_logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from absl import app, flags
@@ -44,13 +45,23 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
+def _from_chatty_library(record: std_logging.LogRecord) -> bool:
+    """Logged by a chatty library, or about an exception raised inside one (asyncio reports an Orbax
+    write's unretrieved future under its own name)."""
+    if any(lib in record.pathname for lib in _CHATTY_LIBRARIES):
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+    return any(lib in frame.filename for frame in frames for lib in _CHATTY_LIBRARIES)
+
+
 def _drop_library_chatter(record: std_logging.LogRecord) -> bool:
     """Keeps warnings and errors, drops the INFO lines of the chatty libraries (they log through absl too).
 
     Their errors keep their message but lose the traceback: a failed background save
     logs one from each of Orbax's threads, and the run reports the failure itself in one line.
     """
-    if not any(lib in record.pathname for lib in _CHATTY_LIBRARIES):
+    if not _from_chatty_library(record):
         return True
     if record.levelno >= std_logging.ERROR and record.exc_info:
         record.exc_info, record.exc_text = None, None
