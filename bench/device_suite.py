@@ -47,7 +47,7 @@ from vit_baseline import ViT  # noqa: E402
 from vheat_jax import create_model  # noqa: E402
 from vheat_jax.benchmark import live_bytes, time_jitted  # noqa: E402
 from vheat_jax.flops import model_macs  # noqa: E402
-from vheat_jax.heat import HCO_FORMS, heat_diffuse  # noqa: E402
+from vheat_jax.heat import forms_for, heat_diffuse  # noqa: E402
 from vheat_jax.ops import depthwise_conv3x3  # noqa: E402
 
 PAPER_A100_IMG_S = {"vheat_tiny": 1514, "vheat_small": 945, "vheat_base": 661}
@@ -160,9 +160,7 @@ def hco_forms(setup: dict) -> list[dict]:
         x = jax.random.normal(keys[0], (setup["stage_batch"], resolution, resolution, channels), jnp.bfloat16)
         decay = jax.random.uniform(keys[1], (resolution, resolution, channels))
         reference = heat_diffuse(x.astype(jnp.float32), decay, "einsum")
-        for form in HCO_FORMS:
-            if form == "kron" and resolution * resolution > 56 * 56:
-                continue
+        for form in forms_for(resolution, resolution):
 
             def loss(x, decay, form=form):
                 return jnp.sum(heat_diffuse(x, decay, form).astype(jnp.float32) ** 2)

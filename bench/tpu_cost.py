@@ -266,7 +266,9 @@ def stage_forms(chip: str, batch: int) -> list[dict]:
     with the compiler's last words instead of a cost."""
     rows = []
     for resolution, channels in STAGES_T:
-        candidates = [("hco", f) for f in HCO_FORMS if f != "kron" or resolution * resolution <= 28 * 28]
+        # fused_kron is a Pallas Triton kernel: GPU only (its interpreter mode says nothing of a TPU's cost).
+        candidates = [("hco", f) for f in HCO_FORMS
+                      if f != "fused_kron" and (f != "kron" or resolution * resolution <= 28 * 28)]
         for op, form in candidates + [("dwconv", "shifted"), ("dwconv", "grouped_conv")]:
             spec = dict(chip=chip, op=op, form=form, resolution=resolution, channels=channels, batch=batch)
             keep = ["--hlo-dir", str(HLO_DIR)] if HLO_DIR is not None else []
@@ -290,8 +292,8 @@ def choose_forms(rows: list[dict]) -> dict:
     out: dict = defaultdict(dict)
     for (chip, op, resolution), row in sorted(best.items()):
         cpu = select_form(resolution, resolution) if op == "hco" else "shifted"
-        cpu_row = next(r for r in rows if (r["chip"], r["op"], r["resolution"], r["form"]) == (chip, op, resolution, cpu)
-                       and "roofline_s" in r)
+        cpu_row = next(r for r in rows if "roofline_s" in r
+                       and (r["chip"], r["op"], r["resolution"], r["form"]) == (chip, op, resolution, cpu))
         out[chip][f"{op}@{resolution}"] = {"form": row["form"], "roofline_s": row["roofline_s"], "cpu_form": cpu,
                                            "cpu_form_roofline_s": cpu_row["roofline_s"],
                                            "modelled_gain": cpu_row["roofline_s"] / row["roofline_s"]}

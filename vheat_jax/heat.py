@@ -20,34 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vheat_jax import ops
+from vheat_jax import hco_fused, ops
+from vheat_jax.dct import dct_basis, decay_map
 
 # Every LayerNorm outside the stem uses torch's default eps. ops.LayerNorm computes
 # the variance as E[(x - mean)^2] (flax's fast E[x^2] - E[x]^2 loses precision that
 # the parity tolerance cannot afford) and has a one-pass backward.
 LayerNorm = functools.partial(ops.LayerNorm, epsilon=1e-5)
-
-
-@functools.lru_cache(maxsize=None)
-def dct_basis(n: int) -> np.ndarray:
-    """Orthonormal DCT-II basis, shape (n_freq, n_pos): rows are frequencies.
-
-    ``cos((x + 0.5) * k * pi / n) * sqrt(2 / n)`` with row 0 divided by sqrt(2).
-    Its transpose is the inverse transform (the basis is orthogonal).
-    """
-    pos = (np.arange(n, dtype=np.float64) + 0.5) / n
-    freq = np.arange(n, dtype=np.float64)[:, None]
-    basis = np.cos(freq * pos * np.pi) * np.sqrt(2.0 / n)
-    basis[0] /= np.sqrt(2.0)
-    return basis.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def decay_map(height: int, width: int) -> np.ndarray:
-    """``exp(-(w_n^2 + w_m^2))`` with ``w_n = n * pi / height``, shape (height, width)."""
-    w_n = np.arange(height, dtype=np.float64) * np.pi / height
-    w_m = np.arange(width, dtype=np.float64) * np.pi / width
-    return np.exp(-(w_n[:, None] ** 2 + w_m[None, :] ** 2)).astype(np.float32)
 
 
 def decay_from_k(k: jax.Array) -> jax.Array:
@@ -110,6 +89,8 @@ HCO_FORMS = {
     "channel_major": _diffuse_channel_major,
     "kron": _diffuse_kron,
     "fft": _diffuse_fft,
+    # One Pallas kernel (Triton on a GPU, the interpreter elsewhere); maps of <= 256 tokens only.
+    "fused_kron": lambda x, decay: hco_fused.fused_kron_diffuse(x, decay),
 }
 # Largest token count at which the Kronecker form is used by "auto": bench/hco.py's CPU timings.
 # The TPU compiler's cost model picks the same forms on v4 and v5e (bench/tpu_cost.py,
@@ -121,6 +102,24 @@ KRON_MAX_TOKENS = 64
 def select_form(height: int, width: int) -> str:
     """The form ``"auto"`` uses for an (height, width) map, from bench/hco.py's measurements."""
     return "kron" if height * width <= KRON_MAX_TOKENS else "channel_major"
+
+
+def forms_for(height: int, width: int) -> list[str]:
+    """The forms that take an (height, width) map: all but ``fused_kron`` above its token limit."""
+    return [form for form in HCO_FORMS if form != "fused_kron" or hco_fused.supports(height, width)]
+
+
+def stage_forms(hco_form: str, num_stages: int) -> list[str]:
+    """One form per stage from ``hco_form``: a form for every stage, or one per stage, comma-separated
+    (``"channel_major,channel_major,fused_kron,fused_kron"``), to choose per map size where ``auto`` would not."""
+    forms = [form.strip() for form in hco_form.split(",")]
+    if len(forms) == 1:
+        forms *= num_stages
+    unknown = sorted({form for form in forms if form != "auto" and form not in HCO_FORMS})
+    if len(forms) != num_stages or unknown:
+        raise ValueError(f"hco_form = {hco_form!r}: give 'auto', one of {sorted(HCO_FORMS)}, or {num_stages} of "
+                         "them separated by commas (one per stage)")
+    return forms
 
 
 def heat_diffuse(x: jax.Array, decay: jax.Array, form: str = "auto") -> jax.Array:

@@ -28,7 +28,7 @@ import numpy as np
 from flax import linen as nn
 
 from vheat_jax import ops
-from vheat_jax.heat import HeatConduction, LayerNorm
+from vheat_jax.heat import HeatConduction, LayerNorm, stage_forms
 from vheat_jax.resize import resize_bicubic_hw
 
 # torch.nn.GELU is the exact erf form (flax's default is the tanh approximation).
@@ -199,7 +199,7 @@ class _VHeatEncoder(nn.Module):
     infer_mode: bool = False
     remat: bool = False
     scan_blocks: bool = False  # each stage's blocks as one lax.scan: compiled once per stage, same parameters
-    hco_form: str = "auto"  # see vheat_jax.heat.HCO_FORMS; all forms give the same outputs
+    hco_form: str = "auto"  # vheat_jax.heat.HCO_FORMS, or one per stage comma-separated; all give the same outputs
     dtype: jnp.dtype = jnp.float32
 
     def _stage_outputs(self, images: jax.Array, train: bool) -> list[jax.Array]:
@@ -216,6 +216,7 @@ class _VHeatEncoder(nn.Module):
 
         resolutions = stage_resolutions(self.img_size, self.patch_size, len(self.depths))
         rates = drop_path_rates(self.drop_path_rate, self.depths)
+        forms = stage_forms(self.hco_form, len(self.depths))
         outputs = []
         for i, (dim, depth, res) in enumerate(zip(widths, self.depths, resolutions)):
             freq_embed = None
@@ -228,7 +229,7 @@ class _VHeatEncoder(nn.Module):
                 dim=dim, depth=depth, res=res, drop_paths=tuple(rates[first:first + depth]),
                 downsample=i < len(self.depths) - 1, post_norm=self.post_norm, layer_scale=self.layer_scale,
                 mlp_ratio=self.mlp_ratio, infer_mode=self.infer_mode, remat=self.remat,
-                scan_blocks=self.scan_blocks, hco_form=self.hco_form, dtype=self.dtype, name=f"layers_{i}",
+                scan_blocks=self.scan_blocks, hco_form=forms[i], dtype=self.dtype, name=f"layers_{i}",
             )(x, freq_embed, train)
             outputs.append(stage_out)
         return outputs

@@ -66,7 +66,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
         name="vheat_tiny", drop_path_rate=0.1,
         dims=config_dict.placeholder(int), depths=config_dict.placeholder(tuple),
         post_norm=config_dict.placeholder(bool), layer_scale=config_dict.placeholder(float),
-        hco_form="auto",  # vheat_jax.heat.HCO_FORMS; "auto" picks for the running backend
+        hco_form="auto",  # vheat_jax.heat.HCO_FORMS or one per stage ("a,b,c,d"); "auto" picks per map size
         # Each stage's blocks as one lax.scan (compiled once per stage; the same parameters either way). Off: on
         # CPU it compiled no faster and stepped slower (docs/design.md); to be measured on GPU (bench/device_suite.py).
         scan_blocks=False,
@@ -137,14 +137,27 @@ def check_model_name(model: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.name = {model.get('name')!r}: choose one of {', '.join(sorted(VARIANTS))}")
 
 
+def check_hco_form(model: ml_collections.ConfigDict) -> None:
+    """``model.hco_form`` must name known forms, one for all stages or one per stage."""
+    from vheat_jax.heat import stage_forms  # noqa: PLC0415 - the config vocabulary itself needs no model
+    from vheat_jax.variants import VARIANTS  # noqa: PLC0415
+
+    depths = model.get("depths") or VARIANTS[model.name]["depths"]
+    try:
+        stage_forms(model.get("hco_form", "auto"), len(depths))
+    except ValueError as error:
+        raise ConfigError(f"config.model.{error}") from None
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Refuses, before any work, what no run can use: earlier schemas' fields, an unknown model variant,
-    a non-finite number or a negative learning rate, an ``init_from`` that does not exist."""
+    """Refuses, before any work, what no run can use: earlier schemas' fields, an unknown model variant or
+    HCO form, a non-finite number or a negative learning rate, an ``init_from`` that does not exist."""
     from vheat_jax import paths  # noqa: PLC0415 - the config vocabulary itself needs no file access
 
     check_renamed_fields(config)
     if isinstance(config.get("model"), ml_collections.ConfigDict):
         check_model_name(config.model)
+        check_hco_form(config.model)
     for name, value in _numbers(config):
         if not math.isfinite(value):
             raise ConfigError(f"config.{name} = {value}: must be a finite number")
