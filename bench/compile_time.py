@@ -3,13 +3,17 @@
 
     python bench/compile_time.py --out bench_out/compile_time.json                  # vHeat-T and -S, twice
     python bench/compile_time.py --variants vheat_base --repeats 1 --dtype bfloat16 --out B.json
+    python bench/compile_time.py --variants vheat_tiny --repeats 1 --dtype bfloat16 --batch 128 \
+        --stages unrolled --xla-flags=--xla_gpu_autotune_level=0    # a compiler setting, on a GPU
 
 Every measurement is a fresh process (nothing compiled in memory): the trainer's jitted train step
 (``vheat_jax.cls.training``, the full recipe: augmentation finished on the device, clipping, AdamW, EMA)
 and eval step (raw and EMA weights) are lowered and compiled for a batch at 224 px, once with an
 empty persistent compilation cache (cold) and once more from the cache that run wrote (warm); the
 train step then runs a few times for its step time. Scanned and unrolled runs alternate, so the
-machine's drift falls on both; ``--repeats`` gives the range.
+machine's drift falls on both; ``--repeats`` gives the range. ``--xla-flags`` is given to every
+child as XLA_FLAGS (and recorded), so compiler settings that trade compile time for step time can be
+measured side by side, one run each.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ def measure(model_name: str, scan_blocks: bool, dtype: str, batch: int, steps: i
 
 def run_one(model_name: str, scan_blocks: bool, args, cache: str) -> dict:
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
+    if args.xla_flags:
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     command = [sys.executable, __file__, "--one", model_name, "--scan" if scan_blocks else "--no-scan",
                "--dtype", args.dtype, "--batch", str(args.batch), "--steps", str(args.steps)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -91,6 +97,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3, help="timed train steps per process (median)")
+    parser.add_argument("--stages", default="unrolled,scanned", help="unrolled, scanned or both (comma-separated)")
+    parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS in every measuring process")
     parser.add_argument("--out", help="JSON file to write (also printed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--scan", dest="scan", action="store_true", help=argparse.SUPPRESS)
@@ -102,11 +110,13 @@ def main() -> int:
 
     import jax  # only for the device's name
 
+    modes = {"unrolled": False, "scanned": True}
+    scan_settings = [modes[name] for name in args.stages.split(",")]
     rows = []
     for model_name in args.variants.split(","):
-        figures = {False: {}, True: {}}
+        figures = {scan_blocks: {} for scan_blocks in scan_settings}
         for _ in range(args.repeats):
-            for scan_blocks in (False, True):
+            for scan_blocks in scan_settings:
                 with tempfile.TemporaryDirectory() as cache:
                     for when in ("cold", "warm"):
                         for key, value in run_one(model_name, scan_blocks, args, cache).items():
@@ -116,7 +126,8 @@ def main() -> int:
                          **{key: summary(v) for key, v in sorted(values.items())}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-              "command": " ".join(sys.argv), "dtype": args.dtype, "batch": args.batch, "rows": rows}
+              "command": " ".join(sys.argv), "dtype": args.dtype, "batch": args.batch,
+              "xla_flags": args.xla_flags, "rows": rows}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

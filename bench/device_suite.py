@@ -18,6 +18,8 @@ Sections (each a list of rows in the JSON):
   on GPU it leaves out cuBLAS and fused calls (143.8 GFLOP counted for a ~3.5 TFLOP step).
 * ``train_step_scanned``: the same with each stage's blocks as one ``lax.scan``
   (``model.scan_blocks``): its ``compile_s`` and images/s beside ``train_step``'s decide the default.
+* ``train_step_fused``: the same with the fused Pallas HCO (``hco_form="fused_kron"``) on every
+  stage whose map it takes (vHeat's last two at 224 px), ``auto`` on the others.
 * ``hco_forms`` / ``dwconv_forms``: the heat operator in each form of ``vheat_jax.heat.HCO_FORMS``
   and the depthwise 3x3 conv as shifted multiply-adds vs. XLA's grouped convolution, forward +
   backward at vHeat-T's stage shapes: what a per-backend choice would pick.
@@ -44,10 +46,11 @@ import optax
 sys.path.insert(0, str(Path(__file__).parent))
 from vit_baseline import ViT  # noqa: E402
 
-from vheat_jax import create_model  # noqa: E402
+from vheat_jax import create_model, hco_fused  # noqa: E402
 from vheat_jax.benchmark import live_bytes, time_jitted  # noqa: E402
 from vheat_jax.flops import model_macs  # noqa: E402
 from vheat_jax.heat import forms_for, heat_diffuse  # noqa: E402
+from vheat_jax.model import stage_resolutions  # noqa: E402
 from vheat_jax.ops import depthwise_conv3x3  # noqa: E402
 
 PAPER_A100_IMG_S = {"vheat_tiny": 1514, "vheat_small": 945, "vheat_base": 661}
@@ -57,11 +60,13 @@ A100_BF16_TFLOPS = 312.0
 MODES = {
     "full": {"variants": ("vheat_tiny", "vheat_small", "vheat_base"), "batch": 128, "size": 224, "iters": 20,
              "high_res": (512, 768, 1024), "high_res_batch": 8, "train_batch": 128, "matmul": 8192,
-             "stages": ((56, 96), (28, 192), (14, 384), (7, 768)), "stage_batch": 128, "model": {}},
+             "stages": ((56, 96), (28, 192), (14, 384), (7, 768)), "stage_batch": 128, "model": {},
+             "train_dtype": "bfloat16"},
     # CI's smoke run: every code path, shrunken models (compiles dominate on CPU), numbers meaningless.
     "cpu": {"variants": ("vheat_tiny",), "batch": 2, "size": 32, "iters": 2,
             "high_res": (64,), "high_res_batch": 1, "train_batch": 2, "matmul": 256,
-            "stages": ((8, 32),), "stage_batch": 2, "model": {"dims": 8, "depths": (2, 1)}},
+            "stages": ((8, 32),), "stage_batch": 2, "model": {"dims": 8, "depths": (2, 1)},
+            "train_dtype": "float32"},
 }
 
 
@@ -121,16 +126,24 @@ def forward_flops(model, params, batch: int, size: int) -> float:
     return 2.0 * model_macs(model, shapes, batch=batch, img_hw=(size, size))
 
 
-def train_step(setup: dict, bf16_tflops: float, *, scan_blocks: bool = False) -> list[dict]:
-    return [row for name in setup["variants"] for row in _train_step(name, setup, bf16_tflops, scan_blocks)]
+def fused_where_it_fits(setup: dict) -> str:
+    """A per-stage ``hco_form``: the fused Pallas kernel on maps it takes, ``auto`` elsewhere."""
+    depths = setup["model"].get("depths", (2, 2, 6, 2))
+    return ",".join("fused_kron" if hco_fused.supports(res, res) else "auto"
+                    for res in stage_resolutions(setup["size"], num_stages=len(depths)))
 
 
-def _train_step(name: str, setup: dict, bf16_tflops: float, scan_blocks: bool) -> list[dict]:
+def train_step(setup: dict, bf16_tflops: float, *, scan_blocks: bool = False, hco_form: str = "auto") -> list[dict]:
+    return [row for name in setup["variants"]
+            for row in _train_step(name, setup, bf16_tflops, scan_blocks, hco_form)]
+
+
+def _train_step(name: str, setup: dict, bf16_tflops: float, scan_blocks: bool, hco_form: str) -> list[dict]:
     """The trainer's step without its input pipeline: CE loss, grads, clip, AdamW, on one device."""
     size, batch = setup["size"], setup["train_batch"]
-    dtype = jnp.bfloat16 if setup is MODES["full"] else jnp.float32
+    dtype = jnp.dtype(setup["train_dtype"])
     model = create_model(name, img_size=size, dtype=dtype, drop_path_rate=0.0, scan_blocks=scan_blocks,
-                         **setup["model"])
+                         hco_form=hco_form, **setup["model"])
     images = jnp.ones((batch, size, size, 3), jnp.float32)
     labels = jnp.zeros((batch,), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
@@ -149,7 +162,7 @@ def _train_step(name: str, setup: dict, bf16_tflops: float, scan_blocks: bool) -
     result = timed(step, params, opt_state, images, labels, iters=setup["iters"])
     flops = 3 * forward_flops(model, params, batch, size)  # forward + backward (2 x forward)
     return [{"model": name, "dtype": jnp.dtype(dtype).name, "batch": batch, "size": size, "scan_blocks": scan_blocks,
-             "img_s": batch / result["median_s"], "model_flops": flops,
+             "hco_form": hco_form, "img_s": batch / result["median_s"], "model_flops": flops,
              "mfu_vs_measured_bf16_peak": flops / result["median_s"] / (bf16_tflops * 1e12), **result}]
 
 
@@ -204,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("auto", "full", "cpu"), default="auto",
                         help="auto: full on a GPU/TPU, cpu (reduced) otherwise")
     parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--variants", help="comma-separated vHeat variants (default: the mode's)")
     parser.add_argument("--sections", default="matmul_peak,throughput,high_resolution,train_step,hco_forms,"
-                        "dwconv_forms,train_step_scanned", help="comma-separated subset")
+                        "dwconv_forms,train_step_scanned,train_step_fused", help="comma-separated subset")
     args = parser.parse_args(argv)
     backend = jax.default_backend()
     mode = args.mode if args.mode != "auto" else ("cpu" if backend == "cpu" else "full")
-    setup = MODES[mode]
+    setup = dict(MODES[mode])
+    if args.variants:
+        setup["variants"] = tuple(args.variants.split(","))
     device = jax.devices()[0]
     report = {"date": datetime.date.today().isoformat(), "mode": mode, "backend": backend,
               "device": getattr(device, "device_kind", str(device)), "jax": jax.__version__,
@@ -222,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                "high_resolution": lambda: high_resolution(setup),
                "train_step": lambda: train_step(setup, bf16_tflops),
                "train_step_scanned": lambda: train_step(setup, bf16_tflops, scan_blocks=True),
+               "train_step_fused": lambda: train_step(setup, bf16_tflops, hco_form=fused_where_it_fits(setup)),
                "hco_forms": lambda: hco_forms(setup), "dwconv_forms": lambda: dwconv_forms(setup)}
     for name in sections:
         section_start = time.perf_counter()

@@ -12,7 +12,7 @@ import sys
 from conftest import ROOT
 
 SECTIONS = {"matmul_peak", "throughput", "high_resolution", "train_step", "hco_forms", "dwconv_forms",
-            "train_step_scanned"}
+            "train_step_scanned", "train_step_fused"}
 
 
 def test_device_suite_runs_end_to_end_in_cpu_mode(tmp_path):
@@ -26,16 +26,19 @@ def test_device_suite_runs_end_to_end_in_cpu_mode(tmp_path):
     assert report["mode"] == "cpu" and report["backend"] == "cpu" and set(report["sections"]) == SECTIONS
     sections = report["sections"]
     assert all(sections[name] for name in SECTIONS)
-    for row in sections["throughput"] + sections["train_step"] + sections["train_step_scanned"]:
+    for row in sections["throughput"] + sections["train_step"] + sections["train_step_scanned"] + sections[
+            "train_step_fused"]:
         assert row["img_s"] > 0 and math.isfinite(row["img_s"]) and row["flops"] > 0
         assert row["model_flops"] > 0 and 0 < row["mfu_vs_measured_bf16_peak"] < 10  # the model's count
     # The scanned stage is the same model: the same count of the model's FLOPs, beside its own compile time.
     plain, scanned = sections["train_step"][0], sections["train_step_scanned"][0]
     assert (plain["scan_blocks"], scanned["scan_blocks"]) == (False, True)
     assert plain["model_flops"] == scanned["model_flops"] and scanned["compile_s"] > 0
+    # The fused Pallas HCO ran on both reduced stages (8x8 and 4x4 maps).
+    assert sections["train_step_fused"][0]["hco_form"] == "fused_kron,fused_kron"
     assert {row["dtype"] for row in sections["throughput"]} == {"float32", "bfloat16"}
     assert {row["model"] for row in sections["high_resolution"]} == {"vheat_tiny", "vit_deit_s"}
     # The forms timed are the same function: within float32 noise (HCO) and bfloat16 rounding (conv).
-    assert {row["form"] for row in sections["hco_forms"]} >= {"einsum", "channel_major", "fft"}
+    assert {row["form"] for row in sections["hco_forms"]} >= {"einsum", "channel_major", "fft", "fused_kron"}
     assert max(row["max_abs_diff_vs_einsum_f32"] for row in sections["hco_forms"]) < 1e-3
     assert max(row["max_abs_diff_vs_grouped"] for row in sections["dwconv_forms"]) < 0.05
