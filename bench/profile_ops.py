@@ -101,22 +101,56 @@ def short_path(op_name: str) -> str:
     return re.sub(r"_\d+", "_*", "/".join(parts[-3:]))
 
 
-def op_times(trace_dir: str) -> collections.Counter:
-    from jax._src.lib import _profile_data  # jaxlib's reader of the xplane protobuf
+# Lines of a device plane that span or re-label kernels instead of being kernels: summing them would count
+# the same time twice (tsl/profiler/utils/xplane_schema's line names).
+AGGREGATE_LINES = ("XLA Modules", "Steps", "Framework ", "TensorFlow ", "Source code", "Launch Stats", "_counters_",
+                   "Async XLA Ops", "Sparse Core")
 
-    path = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1]
-    planes = list(_profile_data.ProfileData.from_file(str(path)).planes)
-    devices = [plane for plane in planes if plane.name.startswith("/device:")]
+
+def _instruction(name: str) -> str:
+    """Some planes name an op by its HLO text (``%fusion.3 = ...``): the instruction name alone."""
+    return re.match(r"%?([^\s=]+)", name).group(1)
+
+
+def device_op_times(plane) -> collections.Counter:
+    """A GPU/TPU plane: the ``XLA Ops`` line where the profiler derived one, else every kernel stream, each
+    kernel under its HLO instruction (its ``hlo_op`` stat; cuBLAS and Triton kernels have their own names)."""
+    lines = [line for line in plane.lines if not line.name.startswith(AGGREGATE_LINES)]
+    xla_ops = [line for line in lines if line.name == "XLA Ops"]
     times = collections.Counter()
-    for plane in devices or planes:  # a GPU's kernels, or XLA:CPU's ops on the host
+    for line in xla_ops or lines:
+        for event in line.events:
+            stats = dict(stat for stat in event.stats if stat[0] is not None)
+            times[_instruction(str(stats.get("hlo_op") or event.name))] += event.duration_ns
+    return times
+
+
+def host_op_times(planes) -> collections.Counter:
+    """XLA:CPU's ops, traced on the host (``--xla_cpu_enable_xprof_traceme``)."""
+    times = collections.Counter()
+    for plane in planes:
         for line in plane.lines:
             if "python" in line.name:
                 continue
             for event in line.events:
                 if not any(skip in event.name for skip in ("ThunkExecutor", "Await", "$", "end:")):
-                    # Some planes name an op by its HLO text ("%fusion.3 = ..."): keep the instruction name.
-                    times[re.match(r"%?([^\s=]+)", event.name).group(1)] += event.duration_ns
+                    times[_instruction(event.name)] += event.duration_ns
     return times
+
+
+def op_times(planes) -> collections.Counter:
+    """Op name -> traced nanoseconds: the devices' planes where there are any, else the host's."""
+    devices = [plane for plane in planes if plane.name.startswith("/device:")]
+    if not devices:
+        return host_op_times(planes)
+    return sum((device_op_times(plane) for plane in devices), collections.Counter())
+
+
+def read_planes(trace_dir: str) -> list:
+    from jax._src.lib import _profile_data  # jaxlib's reader of the xplane protobuf
+
+    path = sorted(Path(trace_dir).rglob("*.xplane.pb"))[-1]
+    return list(_profile_data.ProfileData.from_file(str(path)).planes)
 
 
 def main() -> None:
@@ -137,7 +171,7 @@ def main() -> None:
             run()
         jax.profiler.stop_trace()
         wall_ms = (time.perf_counter() - start) / args.iters * 1e3
-        times = op_times(trace_dir)
+        times = op_times(read_planes(trace_dir))
     from tpu_cost import category  # bench/, on sys.path when run as a script
 
     ops = op_metadata(hlo)
