@@ -11,6 +11,7 @@
 #   profile_train   bench/profile_ops.py on the trainer's step, vHeat-T, bf16, batch 128: time per part
 #                   of the model (HCO, decay, dwconv, LayerNorm, MLP, ...), wall time  -> OUT/profile_train.json
 #   profile_infer   the same for the inference form's forward                        -> OUT/profile_infer.json
+#   profile_fused   profile_train with the fused Pallas HCO on the last two stages   -> OUT/profile_fused.json
 #   train_variants  bench/train_step.py at bf16 batch 128: hco_form auto, the fused Pallas HCO on the maps
 #                   it takes, scanned stages; img/s and first-step (compile) seconds -> OUT/train_variants.jsonl
 #   compile         bench/compile_time.py, vHeat-T bf16 batch 128, cold and from the cache, XLA's default
@@ -81,6 +82,8 @@ for step in "${steps[@]}"; do
         --sections matmul_peak,hco_forms,dwconv_forms ;;
     profile_train|profile_infer) run "$step" "$python" bench/profile_ops.py --what "${step#profile_}" \
         --dtype bfloat16 --batch "$batch" --image-size "$size" --iters 5 --out "$out/$step.json" ;;
+    profile_fused) run "$step" "$python" bench/profile_ops.py --what train --hco-form auto,auto,fused_kron,fused_kron \
+        --dtype bfloat16 --batch "$batch" --image-size "$size" --iters 5 --out "$out/$step.json" ;;
     train_variants)
       run train_auto train_variant
       run train_fused train_variant --hco-form auto,auto,fused_kron,fused_kron
@@ -98,7 +101,8 @@ for step in "${steps[@]}"; do
         --config.image_size="$size" --config.num_workers="${WORKERS:-15}" --config.num_steps="${E2E_STEPS:-200}" \
         --config.warmup_steps=10 --config.log_every_steps=20 \
         --config.eval_every_steps=100000 --config.checkpoint_every_steps=100000 >"$out/e2e.log" 2>&1 ;;
-    *) echo "unknown step $step: forms profile_train profile_infer train_variants compile suite e2e" >&2; exit 2 ;;
+    *) echo "unknown step $step: forms profile_train profile_infer profile_fused train_variants compile suite e2e" >&2
+       exit 2 ;;
   esac
 done
 ls -la "$out"

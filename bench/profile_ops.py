@@ -42,6 +42,7 @@ def parse_args():
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
     parser.add_argument("--scan-blocks", action="store_true", help="each stage's blocks as one lax.scan")
+    parser.add_argument("--hco-form", default="auto", help="the heat operator's form, or one per stage (a,b,c,d)")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--xla-defaults", action="store_true",
                         help="infer: leave out eval.py's XLA flags (vheat_jax.runtime.INFERENCE_XLA_FLAGS)")
@@ -55,11 +56,11 @@ def build_infer(args):
     from vheat_jax.forms import to_inference_form
     from vheat_jax.variants import create_model
 
-    model = create_model(args.model, img_size=args.image_size, scan_blocks=args.scan_blocks)
+    model = create_model(args.model, img_size=args.image_size)
     images = jax.random.normal(jax.random.key(0), (args.batch, args.image_size, args.image_size, 3))
     params = jax.jit(model.init)(jax.random.key(1), images[:1])["params"]
     arch, params = to_inference_form(params, arch_of(model))
-    infer_model = arch.build(dtype=jax.numpy.dtype(args.dtype), scan_blocks=args.scan_blocks)
+    infer_model = arch.build(dtype=jax.numpy.dtype(args.dtype), scan_blocks=args.scan_blocks, hco_form=args.hco_form)
     forward = jax.jit(lambda p, x: infer_model.apply({"params": p}, x))
     compiled = forward.lower(params, images).compile()
 
@@ -74,15 +75,15 @@ def build_train(args):
     from train_step import build_step  # bench/, on sys.path when run as a script
 
     _, step, state, batch = build_step(args.model, args.image_size, args.batch, dtype=args.dtype,
-                                       scan_blocks=args.scan_blocks)
+                                       scan_blocks=args.scan_blocks, hco_form=args.hco_form)
     holder = {"state": state}
-    hlo = step.lower(state, batch).compile().as_text()
+    compiled = step.lower(state, batch).compile()  # run this one: calling `step` would compile it again
 
     def run():
-        holder["state"], metrics = step(holder["state"], batch)
+        holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready(metrics)
 
-    return run, hlo
+    return run, compiled.as_text()
 
 
 def op_metadata(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -183,7 +184,7 @@ def main() -> None:
     report = {
         "date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
         "what": args.what, "model": args.model, "batch": args.batch, "image_size": args.image_size,
-        "dtype": args.dtype, "scan_blocks": args.scan_blocks,
+        "dtype": args.dtype, "scan_blocks": args.scan_blocks, "hco_form": args.hco_form,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "wall_ms_per_iter_while_tracing": round(wall_ms, 1),
         "sum_of_op_ms_per_iter": round(sum(times.values()) / args.iters / 1e6, 1),
