@@ -18,8 +18,8 @@ Sections (each a list of rows in the JSON):
   on GPU it leaves out cuBLAS and fused calls (143.8 GFLOP counted for a ~3.5 TFLOP step).
 * ``train_step_scanned``: the same with each stage's blocks as one ``lax.scan``
   (``model.scan_blocks``): its ``compile_s`` and images/s beside ``train_step``'s decide the default.
-* ``train_step_fused``: the same with the fused Pallas HCO (``hco_form="fused_kron"``) on every
-  stage whose map it takes (vHeat's last two at 224 px), ``auto`` on the others.
+* ``train_step_fused``: the same with the fused Pallas HCO on every stage: ``fused_kron`` on the
+  maps it takes (vHeat's last two at 224 px), ``fused_separable`` on the others.
 * ``hco_forms`` / ``dwconv_forms``: the heat operator in each form of ``vheat_jax.heat.HCO_FORMS``
   and the depthwise 3x3 conv as shifted multiply-adds vs. XLA's grouped convolution, forward +
   backward at vHeat-T's stage shapes: what a per-backend choice would pick.
@@ -126,10 +126,10 @@ def forward_flops(model, params, batch: int, size: int) -> float:
     return 2.0 * model_macs(model, shapes, batch=batch, img_hw=(size, size))
 
 
-def fused_where_it_fits(setup: dict) -> str:
-    """A per-stage ``hco_form``: the fused Pallas kernel on maps it takes, ``auto`` elsewhere."""
+def fused_forms(setup: dict) -> str:
+    """A per-stage ``hco_form``: the fused Kronecker kernel on the maps it takes, the fused separable elsewhere."""
     depths = setup["model"].get("depths", (2, 2, 6, 2))
-    return ",".join("fused_kron" if hco_fused.supports(res, res) else "auto"
+    return ",".join("fused_kron" if hco_fused.supports("kron", res, res) else "fused_separable"
                     for res in stage_resolutions(setup["size"], num_stages=len(depths)))
 
 
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                "high_resolution": lambda: high_resolution(setup),
                "train_step": lambda: train_step(setup, bf16_tflops),
                "train_step_scanned": lambda: train_step(setup, bf16_tflops, scan_blocks=True),
-               "train_step_fused": lambda: train_step(setup, bf16_tflops, hco_form=fused_where_it_fits(setup)),
+               "train_step_fused": lambda: train_step(setup, bf16_tflops, hco_form=fused_forms(setup)),
                "hco_forms": lambda: hco_forms(setup), "dwconv_forms": lambda: dwconv_forms(setup)}
     for name in sections:
         section_start = time.perf_counter()

@@ -11,9 +11,10 @@
 #   profile_train   bench/profile_ops.py on the trainer's step, vHeat-T, bf16, batch 128: time per part
 #                   of the model (HCO, decay, dwconv, LayerNorm, MLP, ...), wall time  -> OUT/profile_train.json
 #   profile_infer   the same for the inference form's forward                        -> OUT/profile_infer.json
-#   profile_fused   profile_train with the fused Pallas HCO on the last two stages   -> OUT/profile_fused.json
-#   train_variants  bench/train_step.py at bf16 batch 128: hco_form auto, the fused Pallas HCO on the maps
-#                   it takes, scanned stages; img/s and first-step (compile) seconds -> OUT/train_variants.jsonl
+#   profile_fused   profile_train with the fused Pallas HCO on every stage ($fused)  -> OUT/profile_fused.json
+#   train_variants  bench/train_step.py at bf16 batch 128 (profile_train has the plain step's time): the fused
+#                   Pallas HCO on the last two stages, on all four ($fused), scanned stages; img/s and
+#                   first-step (compile) seconds                                    -> OUT/train_variants.jsonl
 #   compile         bench/compile_time.py, vHeat-T bf16 batch 128, cold and from the cache, XLA's default
 #                   vs. --xla_gpu_autotune_level=0                          -> OUT/compile_default.json, _noautotune
 #   suite           bench/device_suite.sh, every section (6-8 minutes by itself)      -> OUT/device_suite.json
@@ -48,7 +49,8 @@ export PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader
 
 photos="${PHOTOS:-3072}"
-export python out batch size photos
+fused=fused_separable,fused_separable,fused_kron,fused_kron  # the fused kernels, each where its layout fits
+export python out batch size photos fused
 run() {  # run NAME COMMAND...: time-limited (a function of this script too), wall time and exit status on one line
   local name=$1 start=$SECONDS
   shift
@@ -82,11 +84,11 @@ for step in "${steps[@]}"; do
         --sections matmul_peak,hco_forms,dwconv_forms ;;
     profile_train|profile_infer) run "$step" "$python" bench/profile_ops.py --what "${step#profile_}" \
         --dtype bfloat16 --batch "$batch" --image-size "$size" --iters 5 --out "$out/$step.json" ;;
-    profile_fused) run "$step" "$python" bench/profile_ops.py --what train --hco-form auto,auto,fused_kron,fused_kron \
+    profile_fused) run "$step" "$python" bench/profile_ops.py --what train --hco-form "$fused" \
         --dtype bfloat16 --batch "$batch" --image-size "$size" --iters 5 --out "$out/$step.json" ;;
     train_variants)
-      run train_auto train_variant
-      run train_fused train_variant --hco-form auto,auto,fused_kron,fused_kron
+      run train_fused_late train_variant --hco-form auto,auto,fused_kron,fused_kron
+      run train_fused_all train_variant --hco-form "$fused"
       run train_scanned train_variant --scan-blocks ;;
     compile)
       run compile_default "$python" bench/compile_time.py --variants vheat_tiny --repeats 1 --dtype bfloat16 \

@@ -266,9 +266,9 @@ def stage_forms(chip: str, batch: int) -> list[dict]:
     with the compiler's last words instead of a cost."""
     rows = []
     for resolution, channels in STAGES_T:
-        # fused_kron is a Pallas Triton kernel: GPU only (its interpreter mode says nothing of a TPU's cost).
+        # The fused_* forms are Pallas Triton kernels: GPU only (their interpreter mode says nothing of a TPU).
         candidates = [("hco", f) for f in HCO_FORMS
-                      if f != "fused_kron" and (f != "kron" or resolution * resolution <= 28 * 28)]
+                      if not f.startswith("fused_") and (f != "kron" or resolution * resolution <= 28 * 28)]
         for op, form in candidates + [("dwconv", "shifted"), ("dwconv", "grouped_conv")]:
             spec = dict(chip=chip, op=op, form=form, resolution=resolution, channels=channels, batch=batch)
             keep = ["--hlo-dir", str(HLO_DIR)] if HLO_DIR is not None else []

@@ -39,6 +39,7 @@ def test_device_suite_runs_end_to_end_in_cpu_mode(tmp_path):
     assert {row["dtype"] for row in sections["throughput"]} == {"float32", "bfloat16"}
     assert {row["model"] for row in sections["high_resolution"]} == {"vheat_tiny", "vit_deit_s"}
     # The forms timed are the same function: within float32 noise (HCO) and bfloat16 rounding (conv).
-    assert {row["form"] for row in sections["hco_forms"]} >= {"einsum", "channel_major", "fft", "fused_kron"}
+    assert {row["form"] for row in sections["hco_forms"]} >= {"einsum", "channel_major", "fft", "fused_kron",
+                                                                 "fused_separable"}
     assert max(row["max_abs_diff_vs_einsum_f32"] for row in sections["hco_forms"]) < 1e-3
     assert max(row["max_abs_diff_vs_grouped"] for row in sections["dwconv_forms"]) < 0.05

@@ -1,21 +1,23 @@
-"""The heat operator on small maps as one fused Pallas kernel (the ``"fused_kron"`` HCO form).
+"""The heat operator as one fused Pallas kernel per direction (the ``fused_kron`` and ``fused_separable`` forms).
 
-For a map of ``H*W`` tokens the operator is ``y = K^T diag(decay) K x`` per image and channel,
-with ``K = kron(DCT_H, DCT_W)`` of shape (HW, HW). Written as XLA ops, the DCT, the decay and the
-inverse DCT are separate passes over activation-sized arrays; here one program per (image,
-channel block) reads its ``x`` tile once, forms the spectrum a chunk of frequencies at a time,
-scales it, and accumulates ``K^T`` of it, writing ``y`` once. The Kronecker basis costs
-``2 * (HW)^2`` multiply-adds per channel each way, which is why the form is for small maps only
-(at most :data:`MAX_TOKENS` tokens: vHeat's last two stages at 224 px).
+Written as XLA ops, the DCT, the decay and the inverse DCT are separate passes over activation-sized
+arrays (memory-bound on a GPU). Here one program per (image, channel tile) reads its tile of ``x``
+once, transforms it, scales it by the decay, transforms back and writes ``y`` once. Two layouts:
 
-The operator is symmetric (``K`` orthogonal, ``decay`` diagonal), so the input gradient is the
-same kernel applied to the output gradient; the backward kernel also writes each image's
-``(K x) * (K g)``, whose sum over images is the decay's gradient.
+* ``kron``: ``y = K^T (decay * (K x))`` with ``K = kron(DCT_H, DCT_W)`` of shape (HW, HW) on the tile
+  seen as (HW, C_tile), the spectrum formed 64 frequencies at a time. Its arithmetic grows as
+  (HW)^2, so it takes maps of at most :data:`MAX_KRON_TOKENS` tokens (vHeat's last two stages).
+* ``separable``: the two 1-D DCTs, each a 2-D matmul on a reshaped (H, W, C_tile) tile, with one
+  transpose in registers between them; any map size, for the large early stages.
 
-On a GPU it lowers through Pallas' Triton backend, which wants power-of-two tiles: tokens are
-zero-padded to a power of two (the padded basis rows and columns are zero, so padding adds
-nothing), channels are tiled by a power of two dividing ``C``. Elsewhere it runs in Pallas'
-interpret mode: a correctness check (CI compares it with the einsum form), not a fast path.
+The operator is symmetric (orthogonal bases, a diagonal decay), so the input gradient is the same
+transform applied to the output gradient; the backward kernel also writes each image's
+``DCT(x) * DCT(g)``, whose sum over images is the decay's gradient.
+
+On a GPU they lower through Pallas' Triton backend, which wants power-of-two tiles, each side of a
+dot at least 16: maps are zero-padded (the padded basis rows and columns are zero, so padding adds
+nothing) and channels tiled by a power of two dividing ``C``. Elsewhere they run in Pallas'
+interpret mode: a correctness check (CI compares them with the einsum form), not a fast path.
 """
 
 from __future__ import annotations
@@ -30,37 +32,38 @@ from jax.experimental.pallas import triton as pallas_triton
 
 from vheat_jax.dct import dct_basis
 
-MAX_TOKENS = 256
-"""Largest ``H*W`` the form takes: the padded (256, 256) basis is read in (64, 256) chunks."""
+MAX_KRON_TOKENS = 256
+"""Largest ``H*W`` the Kronecker layout takes: its padded (256, 256) basis is read in (64, 256) chunks."""
 _CHUNK = 64
-_MAX_CHANNEL_TILE = 32
+_KRON_CHANNEL_TILE = 32
+_SEPARABLE_TILE_ELEMENTS = 16384  # a (64, 64, 4) tile: one program's registers, with its float32 copies
 
 
-def supports(height: int, width: int) -> bool:
-    return height * width <= MAX_TOKENS
+def supports(layout: str, height: int, width: int) -> bool:
+    return layout == "separable" or height * width <= MAX_KRON_TOKENS
 
 
-def _padded_tokens(tokens: int) -> int:
-    return max(16, pl.next_power_of_2(tokens))  # Triton's dot wants every side >= 16
+def _padded(n: int) -> int:
+    return max(16, pl.next_power_of_2(n))  # Triton's dot wants every side >= 16
 
 
-def _channel_tile(channels: int) -> int:
-    return min(_MAX_CHANNEL_TILE, channels & -channels)  # largest power of two dividing C, capped
+def _largest_power_of_two_dividing(n: int) -> int:
+    return n & -n
 
 
 @functools.lru_cache(maxsize=None)
-def _kron_basis(height: int, width: int) -> np.ndarray:
-    tokens = height * width
-    padded = _padded_tokens(tokens)
-    basis = np.zeros((padded, padded), np.float32)
-    basis[:tokens, :tokens] = np.kron(dct_basis(height), dct_basis(width))
+def _padded_basis(n: int) -> np.ndarray:
+    basis = np.zeros((_padded(n), _padded(n)), np.float32)
+    basis[:n, :n] = dct_basis(n)
     return basis
 
 
-def _spectrum_chunks(basis_ref, index):
-    """Rows ``[64 i, 64 i + 64)`` of the basis (a chunk of frequencies) and their slice."""
-    rows = pl.ds(index * _CHUNK, _CHUNK) if basis_ref.shape[0] > _CHUNK else slice(None)
-    return rows, basis_ref[rows, :]
+@functools.lru_cache(maxsize=None)
+def _padded_kron_basis(height: int, width: int) -> np.ndarray:
+    tokens = height * width
+    basis = np.zeros((_padded(tokens), _padded(tokens)), np.float32)
+    basis[:tokens, :tokens] = np.kron(dct_basis(height), dct_basis(width))
+    return basis
 
 
 def _dot(a, b, contract_a: int = 1):
@@ -68,24 +71,32 @@ def _dot(a, b, contract_a: int = 1):
     return jax.lax.dot_general(a, b, (((contract_a,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _forward_kernel(basis_ref, decay_ref, x_ref, out_ref):
+# ---------------------------------------------------------------------------------- Kronecker layout
+
+
+def _frequency_chunk(basis_ref, index):
+    """Rows ``[64 i, 64 i + 64)`` of the basis (a chunk of frequencies) and their slice."""
+    rows = pl.ds(index * _CHUNK, _CHUNK) if basis_ref.shape[0] > _CHUNK else slice(None)
+    return rows, basis_ref[rows, :]
+
+
+def _kron_forward_kernel(basis_ref, decay_ref, x_ref, out_ref):
     x = x_ref[...]
 
     def add_chunk(i, acc):
-        rows, basis = _spectrum_chunks(basis_ref, i)
+        rows, basis = _frequency_chunk(basis_ref, i)
         scaled = (_dot(basis, x).astype(x.dtype) * decay_ref[rows, :]).astype(x.dtype)
         return acc + _dot(basis, scaled, contract_a=0)
 
     chunks = max(1, basis_ref.shape[0] // _CHUNK)
-    acc = jax.lax.fori_loop(0, chunks, add_chunk, jnp.zeros(x.shape, jnp.float32))
-    out_ref[...] = acc.astype(out_ref.dtype)
+    out_ref[...] = jax.lax.fori_loop(0, chunks, add_chunk, jnp.zeros(x.shape, jnp.float32)).astype(out_ref.dtype)
 
 
-def _backward_kernel(basis_ref, decay_ref, x_ref, grad_ref, grad_x_ref, spectra_ref):
+def _kron_backward_kernel(basis_ref, decay_ref, x_ref, grad_ref, grad_x_ref, spectra_ref):
     x, grad = x_ref[...], grad_ref[...]
 
     def add_chunk(i, acc):
-        rows, basis = _spectrum_chunks(basis_ref, i)
+        rows, basis = _frequency_chunk(basis_ref, i)
         grad_spectrum = _dot(basis, grad).astype(grad.dtype)
         spectra_ref[rows, :] = _dot(basis, x) * grad_spectrum.astype(jnp.float32)
         scaled = (grad_spectrum * decay_ref[rows, :]).astype(grad.dtype)
@@ -96,76 +107,134 @@ def _backward_kernel(basis_ref, decay_ref, x_ref, grad_ref, grad_x_ref, spectra_
     grad_x_ref[...] = acc.astype(grad_x_ref.dtype)
 
 
-def _specs(padded: int, channel_tile: int, activations: int):
-    basis = pl.BlockSpec((padded, padded), lambda b, j: (0, 0))
-    decay = pl.BlockSpec((padded, channel_tile), lambda b, j: (0, j))
-    tile = pl.BlockSpec((pl.squeezed, padded, channel_tile), lambda b, j: (b, 0, j))
-    return [basis, decay] + [tile] * activations, tile
+# ---------------------------------------------------------------------------------- separable layout
 
 
-def _pad_tokens(a: jax.Array, padded: int, axis: int) -> jax.Array:
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (0, padded - a.shape[axis])
-    return jnp.pad(a, widths)
+def _to_spectrum(tile, basis_h, basis_w):
+    """DCT over H then W of a (H, W, C) tile: float32, laid out (m, (n, c)) as a (W, H*C) matrix."""
+    height, width, channels = tile.shape
+    along_h = _dot(basis_h, tile.reshape(height, width * channels)).astype(tile.dtype)  # (n, (w, c))
+    along_h = along_h.reshape(height, width, channels).transpose(1, 0, 2).reshape(width, height * channels)
+    return _dot(basis_w, along_h)
 
 
-def _call(kernel, outputs, basis, decay, *activations, interpret: bool):
-    batch, padded, channels = activations[0].shape
-    tile = _channel_tile(channels)
-    in_specs, out_spec = _specs(padded, tile, len(activations))
-    return pl.pallas_call(
-        kernel, out_shape=outputs, grid=(batch, channels // tile), in_specs=in_specs,
-        out_specs=[out_spec] * len(outputs) if isinstance(outputs, list) else out_spec, interpret=interpret,
-        compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=4),  # Triton, not Mosaic GPU
-    )(basis, decay, *activations)
+def _from_spectrum(spectrum, basis_h, basis_w, shape):
+    """Inverse of :func:`_to_spectrum` for a (W, H*C) spectrum of the input's dtype: float32 (H, W, C)."""
+    height, width, channels = shape
+    along_w = _dot(basis_w, spectrum, contract_a=0).astype(spectrum.dtype)  # (w, (n, c))
+    along_w = along_w.reshape(width, height, channels).transpose(1, 0, 2).reshape(height, width * channels)
+    return _dot(basis_h, along_w, contract_a=0).reshape(shape)
 
 
-def _flatten(x: jax.Array, decay: jax.Array):
-    """NHWC ``x`` -> (B, P, C) and (H, W, C) ``decay`` -> (P, C), zero-padded to P tokens; the basis."""
+def _in_spectrum_layout(tile):
+    """A (H, W, C) tile laid out as :func:`_to_spectrum`'s (W, H*C)."""
+    height, width, channels = tile.shape
+    return tile.transpose(1, 0, 2).reshape(width, height * channels)
+
+
+def _separable_forward_kernel(basis_h_ref, basis_w_ref, decay_ref, x_ref, out_ref):
+    x, basis_h, basis_w = x_ref[...], basis_h_ref[...], basis_w_ref[...]
+    spectrum = _to_spectrum(x, basis_h, basis_w).astype(x.dtype)
+    scaled = (spectrum * _in_spectrum_layout(decay_ref[...])).astype(x.dtype)
+    out_ref[...] = _from_spectrum(scaled, basis_h, basis_w, x.shape).astype(out_ref.dtype)
+
+
+def _separable_backward_kernel(basis_h_ref, basis_w_ref, decay_ref, x_ref, grad_ref, grad_x_ref, spectra_ref):
+    x, grad, basis_h, basis_w = x_ref[...], grad_ref[...], basis_h_ref[...], basis_w_ref[...]
+    height, width, channels = x.shape
+    grad_spectrum = _to_spectrum(grad, basis_h, basis_w).astype(grad.dtype)
+    product = _to_spectrum(x, basis_h, basis_w) * grad_spectrum.astype(jnp.float32)
+    spectra_ref[...] = product.reshape(width, height, channels).transpose(1, 0, 2)
+    scaled = (grad_spectrum * _in_spectrum_layout(decay_ref[...])).astype(grad.dtype)
+    grad_x_ref[...] = _from_spectrum(scaled, basis_h, basis_w, x.shape).astype(grad_x_ref.dtype)
+
+
+# ------------------------------------------------------------------------------ both: padding, calls, VJP
+
+
+def _prepare(layout: str, x: jax.Array, decay: jax.Array):
+    """The padded bases, ``decay`` and NHWC ``x`` as the layout's kernels read them (zero-padded)."""
     batch, height, width, channels = x.shape
-    basis = jnp.asarray(_kron_basis(height, width), x.dtype)
-    padded = basis.shape[0]
-    x = _pad_tokens(x.reshape(batch, height * width, channels), padded, axis=1)
-    decay = _pad_tokens(decay.reshape(height * width, channels).astype(x.dtype), padded, axis=0)
-    return x, decay, basis
+    decay = decay.astype(x.dtype)
+    if layout == "kron":
+        basis = _padded_kron_basis(height, width)
+        pad = basis.shape[0] - height * width
+        x = jnp.pad(x.reshape(batch, height * width, channels), ((0, 0), (0, pad), (0, 0)))
+        decay = jnp.pad(decay.reshape(height * width, channels), ((0, pad), (0, 0)))
+        return (jnp.asarray(basis, x.dtype),), decay, x
+    bases = (_padded_basis(height), _padded_basis(width))
+    pads = ((0, bases[0].shape[0] - height), (0, bases[1].shape[0] - width), (0, 0))
+    return tuple(jnp.asarray(b, x.dtype) for b in bases), jnp.pad(decay, pads), jnp.pad(x, ((0, 0), *pads))
 
 
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
+def _unpad(layout: str, padded: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The first ``H*W`` tokens (or the top-left H x W) of a padded array, as ``shape`` (leading dims kept)."""
+    height, width, channels = shape[-3:]
+    if layout == "kron":
+        return padded[..., :height * width, :].reshape(shape)
+    return padded[..., :height, :width, :]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def fused_kron_diffuse(x: jax.Array, decay: jax.Array, interpret: bool | None = None) -> jax.Array:
-    """IDCT(DCT(x) * decay) over H, W of NHWC ``x`` (H*W <= MAX_TOKENS), ``decay`` (H, W, C).
+def _channel_tile(layout: str, padded_spatial: tuple[int, ...], channels: int) -> int:
+    if layout == "kron":
+        return min(_KRON_CHANNEL_TILE, _largest_power_of_two_dividing(channels))
+    room = max(1, _SEPARABLE_TILE_ELEMENTS // int(np.prod(padded_spatial)))
+    return min(room, _largest_power_of_two_dividing(channels))
+
+
+def _call(layout: str, kernel, outputs, bases, decay, *activations, interpret: bool):
+    batch, *spatial, channels = activations[0].shape
+    tile = _channel_tile(layout, tuple(spatial), channels)
+    zeros = (0,) * len(spatial)
+    basis_specs = [pl.BlockSpec(b.shape, lambda i, j: (0, 0)) for b in bases]
+    decay_spec = pl.BlockSpec((*spatial, tile), lambda i, j: (*zeros, j))
+    tile_spec = pl.BlockSpec((pl.squeezed, *spatial, tile), lambda i, j: (i, *zeros, j))
+    return pl.pallas_call(
+        kernel, out_shape=outputs, grid=(batch, channels // tile),
+        in_specs=[*basis_specs, decay_spec] + [tile_spec] * len(activations),
+        out_specs=[tile_spec] * len(outputs) if isinstance(outputs, list) else tile_spec, interpret=interpret,
+        compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=4),  # Triton, not Mosaic GPU
+    )(*bases, decay, *activations)
+
+
+_KERNELS = {"kron": (_kron_forward_kernel, _kron_backward_kernel),
+            "separable": (_separable_forward_kernel, _separable_backward_kernel)}
+
+
+def _interpret(interpret: bool | None) -> bool:
+    return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def fused_diffuse(x: jax.Array, decay: jax.Array, layout: str, interpret: bool | None = None) -> jax.Array:
+    """IDCT(DCT(x) * decay) over H, W of NHWC ``x``, ``decay`` (H, W, C), as one kernel of ``layout``
+    ("kron": maps of at most MAX_KRON_TOKENS tokens; "separable": any map).
 
     ``interpret`` None: the Triton kernel on a GPU, Pallas' interpreter elsewhere.
     """
-    return _forward(x, decay, interpret)[0]
+    return _forward(x, decay, layout, interpret)[0]
 
 
-def _forward(x, decay, interpret):
-    batch, height, width, channels = x.shape
-    if not supports(height, width):
-        raise ValueError(f"the fused_kron HCO form takes maps of at most {MAX_TOKENS} tokens, got "
-                         f"{height}x{width}; use hco_form='auto' or another form for this input size")
-    flat_x, flat_decay, basis = _flatten(x, decay)
-    out = _call(_forward_kernel, jax.ShapeDtypeStruct(flat_x.shape, x.dtype), basis, flat_decay, flat_x,
-                interpret=_interpret() if interpret is None else interpret)
-    y = out[:, :height * width].reshape(x.shape)
-    return y, (x, decay)
+def _forward(x, decay, layout, interpret):
+    if not supports(layout, *x.shape[1:3]):
+        raise ValueError(f"the fused_kron HCO form takes maps of at most {MAX_KRON_TOKENS} tokens, got "
+                         f"{x.shape[1]}x{x.shape[2]}; give that stage another form in hco_form "
+                         "(one per stage, comma-separated), e.g. fused_separable")
+    bases, padded_decay, padded_x = _prepare(layout, x, decay)
+    out = _call(layout, _KERNELS[layout][0], jax.ShapeDtypeStruct(padded_x.shape, x.dtype), bases, padded_decay,
+                padded_x, interpret=_interpret(interpret))
+    return _unpad(layout, out, x.shape), (x, decay)
 
 
-def _backward(interpret, residuals, grad):
+def _backward(layout, interpret, residuals, grad):
     x, decay = residuals
-    batch, height, width, channels = x.shape
-    flat_x, flat_decay, basis = _flatten(x, decay)
-    flat_grad = _flatten(grad.astype(x.dtype), decay)[0]
-    outputs = [jax.ShapeDtypeStruct(flat_x.shape, x.dtype), jax.ShapeDtypeStruct(flat_x.shape, jnp.float32)]
-    grad_x, spectra = _call(_backward_kernel, outputs, basis, flat_decay, flat_x, flat_grad,
-                            interpret=_interpret() if interpret is None else interpret)
-    tokens = height * width
-    grad_decay = jnp.sum(spectra[:, :tokens], axis=0).reshape(decay.shape)
-    return grad_x[:, :tokens].reshape(x.shape), grad_decay.astype(decay.dtype)
+    bases, padded_decay, padded_x = _prepare(layout, x, decay)
+    padded_grad = _prepare(layout, grad.astype(x.dtype), decay)[2]
+    outputs = [jax.ShapeDtypeStruct(padded_x.shape, x.dtype), jax.ShapeDtypeStruct(padded_x.shape, jnp.float32)]
+    grad_x, spectra = _call(layout, _KERNELS[layout][1], outputs, bases, padded_decay, padded_x, padded_grad,
+                            interpret=_interpret(interpret))
+    grad_decay = _unpad(layout, jnp.sum(spectra, axis=0), decay.shape)
+    return _unpad(layout, grad_x, x.shape), grad_decay.astype(decay.dtype)
 
 
-fused_kron_diffuse.defvjp(_forward, _backward)
+fused_diffuse.defvjp(_forward, _backward)

@@ -89,8 +89,9 @@ HCO_FORMS = {
     "channel_major": _diffuse_channel_major,
     "kron": _diffuse_kron,
     "fft": _diffuse_fft,
-    # One Pallas kernel (Triton on a GPU, the interpreter elsewhere); maps of <= 256 tokens only.
-    "fused_kron": lambda x, decay: hco_fused.fused_kron_diffuse(x, decay),
+    # One Pallas kernel each way (Triton on a GPU, the interpreter elsewhere); kron: maps of <= 256 tokens.
+    "fused_kron": lambda x, decay: hco_fused.fused_diffuse(x, decay, "kron"),
+    "fused_separable": lambda x, decay: hco_fused.fused_diffuse(x, decay, "separable"),
 }
 # Largest token count at which the Kronecker form is used by "auto": bench/hco.py's CPU timings.
 # The TPU compiler's cost model picks the same forms on v4 and v5e (bench/tpu_cost.py,
@@ -106,7 +107,7 @@ def select_form(height: int, width: int) -> str:
 
 def forms_for(height: int, width: int) -> list[str]:
     """The forms that take an (height, width) map: all but ``fused_kron`` above its token limit."""
-    return [form for form in HCO_FORMS if form != "fused_kron" or hco_fused.supports(height, width)]
+    return [form for form in HCO_FORMS if form != "fused_kron" or hco_fused.supports("kron", height, width)]
 
 
 def stage_forms(hco_form: str, num_stages: int) -> list[str]:
