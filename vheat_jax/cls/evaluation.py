@@ -26,7 +26,7 @@ from vheat_jax.cls.data import create_eval_loader, num_eval_batches
 from vheat_jax.cls.pretrained import arch_of
 from vheat_jax.cls.sources import make_source
 from vheat_jax.cls.task import data_config
-from vheat_jax.cls.training import build_model
+from vheat_jax.cls.training import build_model, prediction_sums
 from vheat_jax.convert import load_any
 from vheat_jax.flops import model_macs
 from vheat_jax.forms import to_inference_form
@@ -71,15 +71,11 @@ def accuracy(model, params: dict, config, workdir: Path, *, log_every: int = 20)
     """Top-1 / top-5 (percent) over the configured eval split, on all local devices."""
     mesh = sharding.make_mesh()
     data_cfg = data_config(config, workdir)
-    top_k = min(5, model.num_classes)
 
     @jax.jit
     def batch_sums(params, batch):
-        logits = model.apply({"params": params}, batch["image"])
-        _, predictions = jax.lax.top_k(logits, top_k)
-        hits = predictions == batch["label"][:, None]
-        mask = batch["mask"]
-        return jnp.stack([jnp.sum(hits[:, 0] * mask), jnp.sum(jnp.any(hits, -1) * mask), jnp.sum(mask)])
+        sums = prediction_sums(model, params, batch)
+        return jnp.stack([sums["top1"], sums["top5"], jnp.sum(batch["mask"])])
 
     params = jax.device_put(params, sharding.replicated(mesh))
     num_examples = len(make_source(data_cfg, data_cfg.eval_split))

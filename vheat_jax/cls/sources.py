@@ -44,7 +44,8 @@ class ImageFolderSource:
             labels.extend([self.class_to_idx[c]] * len(names))
         if not files:
             raise FileNotFoundError(
-                f"no images under {split_dir} (expected {split_dir}/<class>/<image> with one of {', '.join(IMAGE_EXTENSIONS)})"
+                f"no images under {split_dir} (expected {split_dir}/<class>/<image> with one of "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
             )
         self.files = files
         self.labels = labels

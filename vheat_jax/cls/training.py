@@ -10,6 +10,7 @@ in its shardings, fresh or from ``init_from`` (:mod:`vheat_jax.cls.pretrained`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -89,21 +90,19 @@ def make_train_step(model: VHeat, tx, schedule, *, ema_decay: float, seed: int, 
     return train_step
 
 
+def prediction_sums(model: VHeat, params, batch) -> dict[str, jax.Array]:
+    """Correct top-1 / top-5 predictions and the summed loss over the batch rows ``batch["mask"]`` keeps."""
+    logits = model.apply({"params": params}, batch["image"], train=False)
+    labels, mask = batch["label"], batch["mask"]
+    _, predictions = jax.lax.top_k(logits, min(5, model.num_classes))
+    hits = predictions == labels[:, None]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.any(hits, -1) * mask), "loss": jnp.sum(loss * mask)}
+
+
 def make_eval_step(model: VHeat):
     """``eval_step(params, ema_params, batch) -> sums`` of correct top-1/top-5, loss and count over ``mask``."""
-    top_k = min(5, model.num_classes)
-
-    def sums(params, batch):
-        logits = model.apply({"params": params}, batch["image"], train=False)
-        labels, mask = batch["label"], batch["mask"]
-        _, predictions = jax.lax.top_k(logits, top_k)
-        hits = predictions == labels[:, None]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return {
-            "top1": jnp.sum(hits[:, 0] * mask),
-            "top5": jnp.sum(jnp.any(hits, -1) * mask),
-            "loss": jnp.sum(loss * mask),
-        }
+    sums = functools.partial(prediction_sums, model)
 
     def eval_step(params, ema_params, batch):
         raw, ema = sums(params, batch), sums(ema_params, batch)
