@@ -24,8 +24,14 @@ import ml_dtypes
 import numpy as np
 from flax import serialization, traverse_util
 
-from vheat_jax.arch import (Arch, ArchitectureMismatchError, arch_from_official_config, arch_from_state_dict,
-                            official_config, official_post_norm)
+from vheat_jax.arch import (
+    Arch,
+    ArchitectureMismatchError,
+    arch_from_official_config,
+    arch_from_state_dict,
+    official_config,
+    official_post_norm,
+)
 from vheat_jax.keymap import flax_param_shapes, flax_to_torch, mismatch_report, table_mismatches, torch_to_flax
 from vheat_jax.paths import as_path, check_regular_file, check_regular_tree, is_remote, read_small_file
 from vheat_jax.torch_io import CheckpointError, load_pth, save_pth
@@ -67,7 +73,7 @@ def require_tensors(state_dict: Any, source: str) -> dict[str, np.ndarray]:
 
 
 def read_mmengine_checkpoint(path: str | os.PathLike) -> tuple[Mapping, dict[str, np.ndarray]]:
-    """``(checkpoint, state_dict)`` of an mmdet/mmseg ``.pth`` (``{"meta", "state_dict", ...}`` or a bare state dict)."""
+    """``(checkpoint, state_dict)`` of an mmdet/mmseg ``.pth``: ``{"meta", "state_dict", ...}`` or a bare state dict."""
     ckpt = load_pth(path)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top level, found {type(ckpt).__name__}")

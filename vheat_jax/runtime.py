@@ -12,7 +12,8 @@ XLA:CPU (jax 0.10); see docs/design.md "CPU performance" for the numbers.
   :func:`reexec_with_huge_pages` restarts the process once with it set.
 * **Plain dots for XLA:CPU's YNNPACK library calls in inference.** By default
   XLA:CPU hands greedy subgraphs (dot + LayerNorm + GELU + conv) to YNNPACK,
-  which ran them slower than the bare matmuls (``bench/profile_ops.py``). :data:`INFERENCE_XLA_FLAGS` keeps YNNPACK to individual dots.
+  which ran them slower than the bare matmuls (``bench/profile_ops.py``). :data:`INFERENCE_XLA_FLAGS`
+  keeps YNNPACK to individual dots.
   The training step is faster with the default (its backward reductions gain
   from the fusion), so only ``eval.py`` sets them.
 """

@@ -120,7 +120,8 @@ def _config_path_error(argv: list[str]) -> str | None:
         return None
     path = spec.split(":", 1)[0]
     if not os.path.isfile(path):
-        return f"--config={spec}: no config file {path} (run from the repository root, e.g. --config=configs/digits_demo.py)"
+        return (f"--config={spec}: no config file {path} "
+                "(run from the repository root, e.g. --config=configs/digits_demo.py)")
     return None
 
 

@@ -40,7 +40,8 @@ def main(argv: list[str]) -> None:
         if not as_path(FLAGS[name].value).exists():
             common.fail(f"--{name} {FLAGS[name].value}: no such file or directory")
     if is_remote(FLAGS.data_dir):
-        common.fail(f"--data_dir {FLAGS.data_dir}: the COCO reader reads local files only; copy the data set to this disk")
+        common.fail(f"--data_dir {FLAGS.data_dir}: the COCO reader reads local files only; "
+                    "copy the data set to this disk")
     try:
         scale = tuple(int(v) for v in FLAGS.scale.split(","))
     except ValueError:

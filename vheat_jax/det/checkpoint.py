@@ -125,7 +125,8 @@ def flax_to_mmdet(params: Mapping, config: MaskRCNNConfig, arch: Arch) -> Ordere
     if set(flat) != set(by_path):
         missing = ["/".join(p) for p in by_path if p not in flat]
         unexpected = ["/".join(p) for p in flat if p not in by_path]
-        raise KeyMismatchError(mismatch_report(missing, unexpected, [], subject="Flax parameters do not fit the Mask R-CNN"))
+        raise KeyMismatchError(mismatch_report(missing, unexpected, [],
+                                               subject="Flax parameters do not fit the Mask R-CNN"))
     out = OrderedDict()
     for key, (path, layout, _) in table.items():
         out[key] = np.ascontiguousarray(layout.to_torch(np.asarray(flat[path])))

@@ -216,7 +216,10 @@ def bucket_shapes(scales: Sequence[tuple[int, int]], divisor: int = 32) -> dict[
     """The two static padded shapes (landscape, portrait) that hold every resized image."""
     long_edge = max(max(s) for s in scales)
     short_edge = max(min(s) for s in scales)
-    pad = lambda v: int(math.ceil(v / divisor) * divisor)
+
+    def pad(v):
+        return int(math.ceil(v / divisor) * divisor)
+
     return {"landscape": (pad(short_edge), pad(long_edge)), "portrait": (pad(long_edge), pad(short_edge))}
 
 

@@ -101,7 +101,8 @@ def mask_targets(rois: jax.Array, gt_index: jax.Array, gt_masks: jax.Array, size
         wx, _, _ = _axis_weights(x1, roi_w / size, grid_w, size, slots_w, jnp.int32(width), width)
         mask = gt_masks[index].astype(jnp.float32)
         hp = jax.lax.Precision.HIGHEST
-        pooled = jnp.matmul(jnp.matmul(wy, mask, precision=hp), wx.T, precision=hp) / jnp.maximum(grid_h * grid_w, 1).astype(jnp.float32)
+        pooled = jnp.matmul(jnp.matmul(wy, mask, precision=hp), wx.T, precision=hp)
+        pooled = pooled / jnp.maximum(grid_h * grid_w, 1).astype(jnp.float32)
         return (pooled >= 0.5).astype(jnp.float32)
 
     return jax.lax.map(one, (rois, gt_index), batch_size=8)

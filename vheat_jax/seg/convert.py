@@ -63,7 +63,7 @@ FlaxPath = tuple[str, ...]  # (collection, module, ..., leaf)
 
 
 def _head_module_key(name: str) -> str:
-    """``psp_modules_2`` -> ``psp_modules.2.1`` (index 0 there is the pooling layer); ``fpn_convs_1`` -> ``fpn_convs.1``."""
+    """``psp_modules_2`` -> ``psp_modules.2.1`` (index 0 is the pooling layer); ``fpn_convs_1`` -> ``fpn_convs.1``."""
     if match := re.fullmatch(r"psp_modules_(\d+)", name):
         return f"psp_modules.{match[1]}.1"
     if match := re.fullmatch(r"(lateral_convs|fpn_convs|convs)_(\d+)", name):
@@ -210,8 +210,9 @@ def model_cfg_text(config: UperNetConfig, test_cfg: Mapping | None = None) -> st
     arch = config.backbone
     model = {
         "type": "EncoderDecoder",
-        "backbone": {"type": "MMSEG_VHEAT", "dims": arch.dims, "depths": tuple(arch.depths), "post_norm": arch.post_norm,
-                      "layer_scale": arch.layer_scale, "img_size": arch.img_size, "out_indices": (0, 1, 2, 3)},
+        "backbone": {"type": "MMSEG_VHEAT", "dims": arch.dims, "depths": tuple(arch.depths),
+                     "post_norm": arch.post_norm, "layer_scale": arch.layer_scale, "img_size": arch.img_size,
+                     "out_indices": (0, 1, 2, 3)},
         "decode_head": {"type": "UPerHead", "in_channels": config.in_channels, "in_index": [0, 1, 2, 3],
                          "channels": config.channels, "pool_scales": tuple(config.pool_scales),
                          "dropout_ratio": config.dropout_ratio, "num_classes": config.num_classes,
@@ -219,7 +220,8 @@ def model_cfg_text(config: UperNetConfig, test_cfg: Mapping | None = None) -> st
         "auxiliary_head": {"type": "FCNHead", "in_channels": config.in_channels[config.aux_in_index],
                             "in_index": config.aux_in_index, "channels": config.aux_channels,
                             "num_convs": config.aux_num_convs, "kernel_size": config.aux_kernel_size,
-                            "concat_input": False, "dropout_ratio": config.dropout_ratio, "num_classes": config.num_classes,
+                            "concat_input": False, "dropout_ratio": config.dropout_ratio,
+                            "num_classes": config.num_classes,
                             "norm_cfg": {"type": "SyncBN", "requires_grad": True}, "align_corners": False},
     }
     if test_cfg is not None:

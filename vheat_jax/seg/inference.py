@@ -68,7 +68,8 @@ def normalize_bgr(image_bgr: np.ndarray) -> np.ndarray:
     return (image_bgr[..., ::-1].astype(np.float32) - MEAN) / STD
 
 
-def slide_windows(hw: tuple[int, int], crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def slide_windows(hw: tuple[int, int], crop: tuple[int, int],
+                  stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """mmseg's window grid ``(y1, y2, x1, x2)``: row-major, last window moved back to end at the border."""
     (h, w), (hc, wc), (hs, ws) = hw, crop, stride
     rows = max(h - hc + hs - 1, 0) // hs + 1

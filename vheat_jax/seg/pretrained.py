@@ -36,7 +36,8 @@ def initial_variables(path: str, config: UperNetConfig, fresh: dict, *, ema: boo
     if checkpoint_kind(path) == "segmentation":
         ckpt = read_mmseg_checkpoint(path, post_norm=post_norm)
         if ckpt.config.replace(dropout_ratio=config.dropout_ratio) != config:
-            raise ArchitectureMismatchError(f"init_from {path}: checkpoint is {ckpt.config}, config.model asks {config}")
+            raise ArchitectureMismatchError(
+                f"init_from {path}: checkpoint is {ckpt.config}, config.model asks {config}")
         log.info("init_from %s: whole UperNet (backbone, heads, BN statistics)", path)
         return ckpt.variables
     backbone = backbone_from_imagenet(path, config, fresh["params"]["backbone"], ema=ema, method=method,

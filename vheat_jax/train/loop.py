@@ -115,7 +115,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def train_step(self, state, batch) -> tuple[Any, dict]:
-        """``(state, batch) -> (state, scalar metrics)`` with ``loss``, ``grad_norm``, ``learning_rate``; jitted by the loop."""
+        """``(state, batch) -> (state, metrics)``: scalars ``loss``, ``grad_norm``, ``learning_rate``; jitted."""
 
     @abc.abstractmethod
     def train_loader(self):
