@@ -91,3 +91,17 @@ def test_a_model_with_fused_stages_gives_the_same_logits():
     params = reference.init(jax.random.key(1), images)
     fused = create_model("vheat_tiny", hco_form="fused_separable,einsum,fused_kron,fused_kron", **common)
     np.testing.assert_allclose(fused.apply(params, images), reference.apply(params, images), atol=2e-5)
+
+
+def test_a_per_stage_form_list_is_checked_with_the_config():
+    from vheat_jax.cls.config import default_config
+    from vheat_jax.errors import ConfigError
+    from vheat_jax.train.config import check_config
+
+    config = default_config()
+    config.model.hco_form = "fused_separable,fused_separable,fused_kron,fused_kron"
+    check_config(config)
+    for wrong in ("einsum,kron", "einsum,einsum,fused,kron"):  # three stages short; an unknown name
+        config.model.hco_form = wrong
+        with pytest.raises(ConfigError, match=r"config.model.hco_form = .*one per stage"):
+            check_config(config)
