@@ -17,7 +17,8 @@
 #                   first-step (compile) seconds                                    -> OUT/train_variants.jsonl
 #   compile         bench/compile_time.py, vHeat-T bf16 batch 128, cold and from the cache, XLA's default
 #                   vs. --xla_gpu_autotune_level=0                          -> OUT/compile_default.json, _noautotune
-#   suite           bench/device_suite.sh, every section (6-8 minutes by itself)      -> OUT/device_suite.json
+#   suite           bench/device_suite.sh, every section (its own limit, SUITE_TIMEOUT=560 s; the JSON is
+#                   written after each section, so what finished comes back)        -> OUT/device_suite.json
 #   e2e             train.py --config configs/vheat_t.py on 3,072 photo crops, 15 loader workers -> OUT/e2e.log
 #
 # Every step runs under `timeout` (STEP_TIMEOUT seconds, default 280) so one stuck step leaves the others'
@@ -95,7 +96,7 @@ for step in "${steps[@]}"; do
         --batch 128 --stages unrolled --out "$out/compile_default.json"
       run compile_noautotune "$python" bench/compile_time.py --variants vheat_tiny --repeats 1 --dtype bfloat16 \
         --batch 128 --stages unrolled --xla-flags=--xla_gpu_autotune_level=0 --out "$out/compile_noautotune.json" ;;
-    suite) run suite bash bench/device_suite.sh "$out" ;;
+    suite) step_timeout="${SUITE_TIMEOUT:-560}" run suite bash bench/device_suite.sh "$out" ;;
     e2e)
       run photos write_photos
       run e2e "$python" train.py --config configs/vheat_t.py --workdir /tmp/e2e_workdir \
