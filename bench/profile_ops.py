@@ -12,9 +12,11 @@ reader (the device's planes where there are any, else the host's), and sums the
 ops' durations per (fusion kind, the model path in the op's metadata) and per part
 of the model or step (``bench/tpu_cost.py``'s categories: HCO, decay, depthwise
 conv, LayerNorm, MLP, the dense layers around the HCO, optimizer/EMA/loss/augmentation,
-the compiler's copies). Prints JSON (and writes it with ``--out``, to compare a later
-run with): wall time per iteration, the sum of op times, the categories and the top
-groups. On 2 cores ops may overlap, so the sum can exceed the wall time.
+the compiler's copies), beside each part's memory ceiling: the bytes its ops move in the
+compiled program at the device's measured copy rate. Prints JSON (and writes it with
+``--out``, to compare a later run with): wall time per iteration, the sum of op times,
+the categories, their ceilings and the top groups. On 2 cores ops may overlap, so the sum
+can exceed the wall time.
 """
 
 from __future__ import annotations
@@ -147,6 +149,16 @@ def op_times(planes) -> collections.Counter:
     return sum((device_op_times(plane) for plane in devices), collections.Counter())
 
 
+def copy_rate_gb_s() -> float:
+    """The device's copy rate (read + write of a 256 MiB array), GB/s: the scale of the memory ceiling."""
+    import jax.numpy as jnp
+
+    from vheat_jax.benchmark import time_jitted
+
+    array = jnp.ones((64 * 2**20,), jnp.float32)
+    return 2 * array.nbytes / time_jitted(lambda a: a * 2.0, array, warmup=2, iters=5)["median_s"] / 1e9
+
+
 def read_planes(trace_dir: str) -> list:
     from jax._src.lib import _profile_data  # jaxlib's reader of the xplane protobuf
 
@@ -173,8 +185,9 @@ def main() -> None:
         jax.profiler.stop_trace()
         wall_ms = (time.perf_counter() - start) / args.iters * 1e3
         times = op_times(read_planes(trace_dir))
-    from tpu_cost import category  # bench/, on sys.path when run as a script
+    from tpu_cost import bytes_by_category, category  # bench/, on sys.path when run as a script
 
+    rate = copy_rate_gb_s()
     ops = op_metadata(hlo)
     groups, categories = collections.Counter(), collections.Counter()
     for name, ns in times.items():
@@ -189,6 +202,11 @@ def main() -> None:
         "wall_ms_per_iter_while_tracing": round(wall_ms, 1),
         "sum_of_op_ms_per_iter": round(sum(times.values()) / args.iters / 1e6, 1),
         "categories_ms": {key: round(ms, 2) for key, ms in categories.most_common()},
+        # The memory ceiling per part: the bytes its top-level ops read and write (compiled HLO; a scanned
+        # stage's loop body counted once), at the copy rate measured here. ms / ceiling = how far from it.
+        "copy_rate_gb_s": round(rate, 1),
+        "hbm_mb": {key: round(b / 1e6, 1) for key, b in bytes_by_category(hlo).items()},
+        "memory_ceiling_ms": {key: round(b / rate / 1e6, 3) for key, b in bytes_by_category(hlo).items()},
         "top_groups_ms": {key: round(ms, 2) for key, ms in groups.most_common(args.top)},
     }
     text = json.dumps(report, indent=1)

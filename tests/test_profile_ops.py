@@ -23,6 +23,11 @@ def test_the_train_step_profile_splits_into_the_models_parts(tmp_path):
     assert PARTS <= set(categories) and all(categories[part] > 0 for part in PARTS), categories
     assert abs(sum(categories.values()) - report["sum_of_op_ms_per_iter"]) < 0.01 * report["sum_of_op_ms_per_iter"]
     assert (report["what"], report["dtype"], report["scan_blocks"]) == ("train", "float32", False)
+    # Each part's memory ceiling is the bytes its ops move, at the copy rate measured in the same run.
+    assert report["copy_rate_gb_s"] > 0 and PARTS <= set(report["hbm_mb"])
+    for part in PARTS:
+        ceiling = report["hbm_mb"][part] / report["copy_rate_gb_s"]
+        assert report["hbm_mb"][part] > 0 and abs(report["memory_ceiling_ms"][part] - ceiling) <= 1e-3 + 0.01 * ceiling
 
 
 # A GPU trace's shape (tsl's xplane schema): kernels on stream lines, each with its HLO instruction in an
