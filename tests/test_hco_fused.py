@@ -105,3 +105,21 @@ def test_a_per_stage_form_list_is_checked_with_the_config():
         config.model.hco_form = wrong
         with pytest.raises(ConfigError, match=r"config.model.hco_form = .*one per stage"):
             check_config(config)
+
+
+def test_the_offline_compile_bench_takes_parseable_triton_ir_of_both_kernels():
+    """bench/triton_compile.py's step 1 (step 2 needs pip's Triton: run by hand, docs/triton_compile.json)."""
+    import sys
+    from pathlib import Path
+
+    from jax._src.lib.mlir import ir
+    from jax._src.pallas.triton.lowering import _new_ir_context  # the context Pallas builds Triton IR in
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import triton_compile
+
+    modules = triton_compile.triton_modules("separable", 14, 384)
+    assert set(modules) == {"_separable_forward_kernel", "_separable_backward_kernel"}
+    with _new_ir_context():
+        for text in modules.values():
+            assert "tt.dot" in str(ir.Module.parse(text))

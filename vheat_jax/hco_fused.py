@@ -36,7 +36,13 @@ MAX_KRON_TOKENS = 256
 """Largest ``H*W`` the Kronecker layout takes: its padded (256, 256) basis is read in (64, 256) chunks."""
 _CHUNK = 64
 _KRON_CHANNEL_TILE = 32
-_SEPARABLE_TILE_ELEMENTS = 16384  # a (64, 64, 4) tile: one program's registers, with its float32 copies
+# A separable program holds its whole (H, W, C_tile) tile and its float32 copies in registers: 16384 elements
+# compile without spills (8 warps); the channel tile's bytes must reach 16 (8 bf16: narrower tiles are an
+# illegal shared-memory layout for Triton's dot operands), so a 64x64 map takes 64x64x8 and spills a little
+# (bench/triton_compile.py has the registers and spills per stage).
+_SEPARABLE_TILE_ELEMENTS = 16384
+_MIN_SEPARABLE_CHANNEL_TILE = 8
+NUM_WARPS = {"kron": 4, "separable": 8}
 
 
 def supports(layout: str, height: int, width: int) -> bool:
@@ -178,13 +184,17 @@ def _unpad(layout: str, padded: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def _channel_tile(layout: str, padded_spatial: tuple[int, ...], channels: int) -> int:
     if layout == "kron":
         return min(_KRON_CHANNEL_TILE, _largest_power_of_two_dividing(channels))
-    room = max(1, _SEPARABLE_TILE_ELEMENTS // int(np.prod(padded_spatial)))
+    room = max(_MIN_SEPARABLE_CHANNEL_TILE, _SEPARABLE_TILE_ELEMENTS // int(np.prod(padded_spatial)))
     return min(room, _largest_power_of_two_dividing(channels))
 
 
 def _call(layout: str, kernel, outputs, bases, decay, *activations, interpret: bool):
     batch, *spatial, channels = activations[0].shape
     tile = _channel_tile(layout, tuple(spatial), channels)
+    narrowest = {"kron": 16, "separable": _MIN_SEPARABLE_CHANNEL_TILE}[layout]  # Triton's dot and layouts
+    if not interpret and tile < narrowest:
+        raise ValueError(f"the fused_{layout} HCO form on a GPU needs channels divisible by {narrowest} (got "
+                         f"{channels}); give that stage another form in hco_form")
     zeros = (0,) * len(spatial)
     basis_specs = [pl.BlockSpec(b.shape, lambda i, j: (0, 0)) for b in bases]
     decay_spec = pl.BlockSpec((*spatial, tile), lambda i, j: (*zeros, j))
@@ -193,7 +203,8 @@ def _call(layout: str, kernel, outputs, bases, decay, *activations, interpret: b
         kernel, out_shape=outputs, grid=(batch, channels // tile),
         in_specs=[*basis_specs, decay_spec] + [tile_spec] * len(activations),
         out_specs=[tile_spec] * len(outputs) if isinstance(outputs, list) else tile_spec, interpret=interpret,
-        compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=4),  # Triton, not Mosaic GPU
+        # Triton's compiler parameters (rather than Mosaic GPU's) choose the Triton backend.
+        compiler_params=None if interpret else pallas_triton.CompilerParams(num_warps=NUM_WARPS[layout]),
     )(*bases, decay, *activations)
 
 
