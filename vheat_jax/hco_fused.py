@@ -158,24 +158,24 @@ def _separable_backward_kernel(basis_h_ref, basis_w_ref, decay_ref, x_ref, grad_
 # ------------------------------------------------------------------------------ both: padding, calls, VJP
 
 
-def _prepare(layout: str, x: jax.Array, decay: jax.Array):
-    """The padded bases, ``decay`` and NHWC ``x`` as the layout's kernels read them (zero-padded)."""
-    batch, height, width, channels = x.shape
-    decay = decay.astype(x.dtype)
+def _prepare(layout: str, decay: jax.Array, *activations: jax.Array):
+    """The padded bases, ``decay`` and NHWC ``activations`` as the layout's kernels read them (zero-padded)."""
+    batch, height, width, channels = activations[0].shape
+    dtype = activations[0].dtype
     if layout == "kron":
         basis = _padded_kron_basis(height, width)
-        pad = basis.shape[0] - height * width
-        x = jnp.pad(x.reshape(batch, height * width, channels), ((0, 0), (0, pad), (0, 0)))
-        decay = jnp.pad(decay.reshape(height * width, channels), ((0, pad), (0, 0)))
-        return (jnp.asarray(basis, x.dtype),), decay, x
+        pad = ((0, basis.shape[0] - height * width), (0, 0))
+        flat = [jnp.pad(a.reshape(batch, height * width, channels), ((0, 0), *pad)) for a in activations]
+        return (jnp.asarray(basis, dtype),), jnp.pad(decay.astype(dtype).reshape(height * width, channels), pad), flat
     bases = (_padded_basis(height), _padded_basis(width))
-    pads = ((0, bases[0].shape[0] - height), (0, bases[1].shape[0] - width), (0, 0))
-    return tuple(jnp.asarray(b, x.dtype) for b in bases), jnp.pad(decay, pads), jnp.pad(x, ((0, 0), *pads))
+    pad = ((0, bases[0].shape[0] - height), (0, bases[1].shape[0] - width), (0, 0))
+    return (tuple(jnp.asarray(b, dtype) for b in bases), jnp.pad(decay.astype(dtype), pad),
+            [jnp.pad(a, ((0, 0), *pad)) for a in activations])
 
 
 def _unpad(layout: str, padded: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """The first ``H*W`` tokens (or the top-left H x W) of a padded array, as ``shape`` (leading dims kept)."""
-    height, width, channels = shape[-3:]
+    height, width = shape[-3:-1]
     if layout == "kron":
         return padded[..., :height * width, :].reshape(shape)
     return padded[..., :height, :width, :]
@@ -231,7 +231,7 @@ def _forward(x, decay, layout, interpret):
         raise ValueError(f"the fused_kron HCO form takes maps of at most {MAX_KRON_TOKENS} tokens, got "
                          f"{x.shape[1]}x{x.shape[2]}; give that stage another form in hco_form "
                          "(one per stage, comma-separated), e.g. fused_separable")
-    bases, padded_decay, padded_x = _prepare(layout, x, decay)
+    bases, padded_decay, (padded_x,) = _prepare(layout, decay, x)
     out = _call(layout, _KERNELS[layout][0], jax.ShapeDtypeStruct(padded_x.shape, x.dtype), bases, padded_decay,
                 padded_x, interpret=_interpret(interpret))
     return _unpad(layout, out, x.shape), (x, decay)
@@ -239,8 +239,7 @@ def _forward(x, decay, layout, interpret):
 
 def _backward(layout, interpret, residuals, grad):
     x, decay = residuals
-    bases, padded_decay, padded_x = _prepare(layout, x, decay)
-    padded_grad = _prepare(layout, grad.astype(x.dtype), decay)[2]
+    bases, padded_decay, (padded_x, padded_grad) = _prepare(layout, decay, x, grad.astype(x.dtype))
     outputs = [jax.ShapeDtypeStruct(padded_x.shape, x.dtype), jax.ShapeDtypeStruct(padded_x.shape, jnp.float32)]
     grad_x, spectra = _call(layout, _KERNELS[layout][1], outputs, bases, padded_decay, padded_x, padded_grad,
                             interpret=_interpret(interpret))
