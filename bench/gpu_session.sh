@@ -1,44 +1,46 @@
 #!/usr/bin/env bash
-# Issue 21's GPU measurements, one device call per line below (each sized to end inside a 10-minute call):
+# Issue 21's GPU measurements as named steps: bench/gpu_session.sh OUT_DIR [STEP ...]
 #
-#   bash bench/device_wheels.sh                          # here, once: the packages the device image lacks -> .whl/
-#   bash bench/gpu_session.sh "$OUT"                     # on the device (carry .whl): the default steps
-#   bash bench/gpu_session.sh "$OUT" compile e2e         # a second call, steps by name
+#   bash bench/device_wheels.sh                  # here, once: the packages the device image lacks -> .whl/
+#   bash bench/gpu_session.sh "$OUT"             # device call 1 (carry .whl, timeout_s 570): the default steps
+#   bash bench/gpu_session.sh "$OUT" compile e2e # call 2, at once while the machine is warm: what time is left for
 #
-# Steps (default: forms profile_train profile_infer train_variants):
-#   forms           device_suite: bf16 matmul peak, every HCO form and depthwise-conv form at vHeat-T's
-#                   stage shapes, forward + backward                                  -> OUT/forms.json
-#   profile_train   bench/profile_ops.py on the trainer's step, vHeat-T, bf16, batch 128: time per part
-#                   of the model (HCO, decay, dwconv, LayerNorm, MLP, ...), wall time  -> OUT/profile_train.json
-#   profile_infer   the same for the inference form's forward                        -> OUT/profile_infer.json
-#   profile_fused   profile_train with the fused Pallas HCO on every stage ($fused)  -> OUT/profile_fused.json
-#   train_variants  bench/train_step.py at bf16 batch 128 (profile_train has the plain step's time): the fused
-#                   Pallas HCO on the last two stages, on all four ($fused), scanned stages; img/s and
-#                   first-step (compile) seconds                                    -> OUT/train_variants.jsonl
-#   compile         bench/compile_time.py, vHeat-T bf16 batch 128, cold and from the cache, XLA's default
-#                   vs. --xla_gpu_autotune_level=0                          -> OUT/compile_default.json, _noautotune
-#   suite           bench/device_suite.sh, every section (its own limit, SUITE_TIMEOUT=560 s; the JSON is
-#                   written after each section, so what finished comes back)        -> OUT/device_suite.json
-#   e2e             train.py --config configs/vheat_t.py on 3,072 photo crops, 15 loader workers -> OUT/e2e.log
+# A session has 15 device minutes, starts included; the first run compiled vHeat-T's train step in 111 s.
+# Estimates below are from that: the default steps take about 8 minutes.
+#   forms (~1.5 min)      device_suite: bf16 matmul peak, every HCO form and depthwise-conv form at vHeat-T's
+#                         stage shapes, forward + backward                          -> OUT/forms.json
+#   profile_train (~2.5)  bench/profile_ops.py on the trainer's step, vHeat-T, bf16, batch 128: time and memory
+#                         ceiling per part of the model (HCO, dwconv, LayerNorm, MLP, ...) -> OUT/profile_train.json
+#   train_variants (~4)   bench/train_step.py, bf16 batch 128: the fused Pallas HCO on every stage ($fused) and
+#                         scanned stages; img/s and first-step (compile) seconds    -> OUT/train_variants.jsonl
+#   profile_infer (~1.5)  profile_train for the inference form's forward            -> OUT/profile_infer.json
+#   profile_fused (~2.5)  profile_train with the fused HCO on every stage           -> OUT/profile_fused.json
+#   compile (~2.5)        bench/compile_time.py, vHeat-T bf16 batch 128, cold and from the cache -> OUT/compile.json
+#   compile_noautotune    the same under --xla_gpu_autotune_level=0 (compile time against step time)
+#                                                                                   -> OUT/compile_noautotune.json
+#   e2e (~3)              train.py --config configs/vheat_t.py on 3,072 photo crops, 15 loader workers -> OUT/e2e.log
+#   suite (<= 9.3)        bench/device_suite.sh, every section (its own limit, SUITE_TIMEOUT=560 s; the JSON is
+#                         written after each section, so what finished comes back) -> OUT/device_suite.json
 #
 # Every step runs under `timeout` (STEP_TIMEOUT seconds, default 280) so one stuck step leaves the others'
 # files; a shared persistent compilation cache lets later steps reuse an identical step's compile.
 # BATCH and IMAGE_SIZE (default 128 and 224) shrink the profile and train steps for a dry run on a CPU:
-#   BATCH=2 IMAGE_SIZE=64 bash bench/gpu_session.sh /tmp/dry forms profile_train profile_infer train_variants
+#   BATCH=2 IMAGE_SIZE=64 bash bench/gpu_session.sh /tmp/dry forms profile_train train_variants profile_infer
 #   BATCH=4 IMAGE_SIZE=64 PHOTOS=64 WORKERS=2 E2E_STEPS=3 bash bench/gpu_session.sh /tmp/dry e2e
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:?usage: bench/gpu_session.sh OUT_DIR [STEP ...]}"
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(forms profile_train profile_infer train_variants)
+[ ${#steps[@]} -eq 0 ] && steps=(forms profile_train train_variants)
 mkdir -p "$out"
 python="${PYTHON:-python3}"
 step_timeout="${STEP_TIMEOUT:-280}"
 batch="${BATCH:-128}"
 size="${IMAGE_SIZE:-224}"
 
-if ! "$python" -c "import grain, ml_collections, tensorboardX, simplejpeg" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+missing() { ! "$python" -c "import grain, ml_collections, tensorboardX, simplejpeg" 2>/dev/null; }
+if missing && compgen -G ".whl/*.whl" >/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl/ failed" >&2; exit 1; }
   export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -88,14 +90,13 @@ for step in "${steps[@]}"; do
     profile_fused) run "$step" "$python" bench/profile_ops.py --what train --hco-form "$fused" \
         --dtype bfloat16 --batch "$batch" --image-size "$size" --iters 5 --out "$out/$step.json" ;;
     train_variants)
-      run train_fused_late train_variant --hco-form auto,auto,fused_kron,fused_kron
-      run train_fused_all train_variant --hco-form "$fused"
+      run train_fused train_variant --hco-form "$fused"
       run train_scanned train_variant --scan-blocks ;;
-    compile)
-      run compile_default "$python" bench/compile_time.py --variants vheat_tiny --repeats 1 --dtype bfloat16 \
-        --batch 128 --stages unrolled --out "$out/compile_default.json"
-      run compile_noautotune "$python" bench/compile_time.py --variants vheat_tiny --repeats 1 --dtype bfloat16 \
-        --batch 128 --stages unrolled --xla-flags=--xla_gpu_autotune_level=0 --out "$out/compile_noautotune.json" ;;
+    compile) run compile "$python" bench/compile_time.py --variants vheat_tiny --repeats 1 --dtype bfloat16 \
+        --batch "$batch" --stages unrolled --out "$out/compile.json" ;;
+    compile_noautotune) run compile_noautotune "$python" bench/compile_time.py --variants vheat_tiny --repeats 1 \
+        --dtype bfloat16 --batch "$batch" --stages unrolled --xla-flags=--xla_gpu_autotune_level=0 \
+        --out "$out/compile_noautotune.json" ;;
     suite) step_timeout="${SUITE_TIMEOUT:-560}" run suite bash bench/device_suite.sh "$out" ;;
     e2e)
       run photos write_photos
@@ -104,7 +105,8 @@ for step in "${steps[@]}"; do
         --config.image_size="$size" --config.num_workers="${WORKERS:-15}" --config.num_steps="${E2E_STEPS:-200}" \
         --config.warmup_steps=10 --config.log_every_steps=20 \
         --config.eval_every_steps=100000 --config.checkpoint_every_steps=100000 >"$out/e2e.log" 2>&1 ;;
-    *) echo "unknown step $step: forms profile_train profile_infer profile_fused train_variants compile suite e2e" >&2
+    *) echo "unknown step $step: forms profile_train train_variants profile_infer profile_fused compile" \
+         "compile_noautotune e2e suite" >&2
        exit 2 ;;
   esac
 done
