@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as pallas_triton
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vheat_jax.dct import dct_basis
 
@@ -165,12 +167,12 @@ def _prepare(layout: str, decay: jax.Array, *activations: jax.Array):
     if layout == "kron":
         basis = _padded_kron_basis(height, width)
         pad = ((0, basis.shape[0] - height * width), (0, 0))
-        flat = [jnp.pad(a.reshape(batch, height * width, channels), ((0, 0), *pad)) for a in activations]
+        flat = tuple(jnp.pad(a.reshape(batch, height * width, channels), ((0, 0), *pad)) for a in activations)
         return (jnp.asarray(basis, dtype),), jnp.pad(decay.astype(dtype).reshape(height * width, channels), pad), flat
     bases = (_padded_basis(height), _padded_basis(width))
     pad = ((0, bases[0].shape[0] - height), (0, bases[1].shape[0] - width), (0, 0))
     return (tuple(jnp.asarray(b, dtype) for b in bases), jnp.pad(decay.astype(dtype), pad),
-            [jnp.pad(a, ((0, 0), *pad)) for a in activations])
+            tuple(jnp.pad(a, ((0, 0), *pad)) for a in activations))
 
 
 def _unpad(layout: str, padded: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -212,6 +214,45 @@ _KERNELS = {"kron": (_kron_forward_kernel, _kron_backward_kernel),
             "separable": (_separable_forward_kernel, _separable_backward_kernel)}
 
 
+def _batch_only(sharding: NamedSharding, ndim: int) -> NamedSharding:
+    """An activation's sharding along its batch dimension, every other dimension whole."""
+    batch = sharding.spec[0] if len(sharding.spec) else None
+    return NamedSharding(sharding.mesh, PartitionSpec(batch, *[None] * (ndim - 1)))
+
+
+@functools.lru_cache(maxsize=None)
+def _split_over_batch(layout: str, backward: bool, interpret: bool):
+    """The layout's forward (or backward) kernel as an op XLA splits over the batch: each device runs it on
+    its own images. A Pallas kernel is a custom call the partitioner cannot see into; unsplit, every device
+    would gather the whole batch and run all of it (tests/test_hco_fused.py checks the program gathers none)."""
+    kernel = _KERNELS[layout][backward]
+
+    def run(bases, decay, activations):
+        like = jax.ShapeDtypeStruct(activations[0].shape, activations[0].dtype)
+        outputs = [like, jax.ShapeDtypeStruct(like.shape, jnp.float32)] if backward else like
+        return _call(layout, kernel, outputs, bases, decay, *activations, interpret=interpret)
+
+    def result_shardings(activations):
+        batch = _batch_only(activations[0].sharding, len(activations[0].shape))
+        return (batch, batch) if backward else batch
+
+    def partition(mesh, arg_shapes, result_shape):
+        bases, _, activations = arg_shapes
+        whole = NamedSharding(mesh, PartitionSpec())
+        shardings = result_shardings(activations)
+        batch = shardings[0] if backward else shardings
+        return mesh, run, shardings, ((whole,) * len(bases), whole, (batch,) * len(activations))
+
+    op = custom_partitioning(run)
+    spatial = "p" if layout == "kron" else "h w"
+    bases = ["k l"] if layout == "kron" else ["m n", "q r"]
+    tiles = ", ".join([f"b {spatial} c"] * (2 if backward else 1))
+    op.def_partition(partition, infer_sharding_from_operands=lambda mesh, shapes, result: result_shardings(shapes[2]),
+                     sharding_rule=f"{', '.join(bases)}, {spatial} c, {tiles} -> {tiles}",
+                     need_replication_factors=tuple(" ".join([*bases, spatial, "c"]).split()))
+    return op
+
+
 def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() != "gpu" if interpret is None else interpret
 
@@ -231,18 +272,15 @@ def _forward(x, decay, layout, interpret):
         raise ValueError(f"the fused_kron HCO form takes maps of at most {MAX_KRON_TOKENS} tokens, got "
                          f"{x.shape[1]}x{x.shape[2]}; give that stage another form in hco_form "
                          "(one per stage, comma-separated), e.g. fused_separable")
-    bases, padded_decay, (padded_x,) = _prepare(layout, decay, x)
-    out = _call(layout, _KERNELS[layout][0], jax.ShapeDtypeStruct(padded_x.shape, x.dtype), bases, padded_decay,
-                padded_x, interpret=_interpret(interpret))
+    bases, padded_decay, activations = _prepare(layout, decay, x)
+    out = _split_over_batch(layout, False, _interpret(interpret))(bases, padded_decay, activations)
     return _unpad(layout, out, x.shape), (x, decay)
 
 
 def _backward(layout, interpret, residuals, grad):
     x, decay = residuals
-    bases, padded_decay, (padded_x, padded_grad) = _prepare(layout, decay, x, grad.astype(x.dtype))
-    outputs = [jax.ShapeDtypeStruct(padded_x.shape, x.dtype), jax.ShapeDtypeStruct(padded_x.shape, jnp.float32)]
-    grad_x, spectra = _call(layout, _KERNELS[layout][1], outputs, bases, padded_decay, padded_x, padded_grad,
-                            interpret=_interpret(interpret))
+    bases, padded_decay, activations = _prepare(layout, decay, x, grad.astype(x.dtype))
+    grad_x, spectra = _split_over_batch(layout, True, _interpret(interpret))(bases, padded_decay, activations)
     grad_decay = _unpad(layout, jnp.sum(spectra, axis=0), decay.shape)
     return _unpad(layout, grad_x, x.shape), grad_decay.astype(decay.dtype)
 
