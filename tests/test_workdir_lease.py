@@ -7,6 +7,7 @@ text itself, so the verdict does not depend on the timing of two threads.
 """
 
 import json
+import os
 import threading
 
 import pytest
@@ -19,7 +20,11 @@ LIVE = {"host": "other", "pid": 7, "run": "live", "since": 0.0, "heartbeat": 1.0
 def test_a_torn_lease_that_then_changes_is_a_live_holder(tmp_path):
     lease = tmp_path / LEASE_FILE
     lease.write_text(json.dumps(LIVE)[:25])  # what a read in the middle of the holder's rewrite returns
-    refresh = threading.Timer(0.5, lambda: lease.write_text(json.dumps({**LIVE, "heartbeat": 2.0})))
+    # The holder's next refresh, written whole (an object store replaces an object at once; write_text would
+    # truncate first, and a poll landing in between reads "", a change but one that names no holder).
+    fresh = tmp_path / "fresh.json"
+    fresh.write_text(json.dumps({**LIVE, "heartbeat": 2.0}))
+    refresh = threading.Timer(0.5, lambda: os.replace(fresh, lease))
     refresh.start()
     try:
         with pytest.raises(WorkdirLockedError) as refused:
