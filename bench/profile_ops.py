@@ -188,6 +188,7 @@ def main() -> None:
     from tpu_cost import bytes_by_category, category  # bench/, on sys.path when run as a script
 
     rate = round(copy_rate_gb_s(), 2)  # as reported: the ceilings below are computed from this figure
+    part_bytes = bytes_by_category(hlo)
     ops = op_metadata(hlo)
     groups, categories = collections.Counter(), collections.Counter()
     for name, ns in times.items():
@@ -205,8 +206,8 @@ def main() -> None:
         # The memory ceiling per part: the bytes its top-level ops read and write (compiled HLO; a scanned
         # stage's loop body counted once), at the copy rate measured here. ms / ceiling = how far from it.
         "copy_rate_gb_s": rate,
-        "hbm_mb": {key: round(b / 1e6, 3) for key, b in bytes_by_category(hlo).items()},
-        "memory_ceiling_ms": {key: round(b / rate / 1e6, 3) for key, b in bytes_by_category(hlo).items()},
+        "hbm_mb": {key: round(b / 1e6, 3) for key, b in part_bytes.items()},
+        "memory_ceiling_ms": {key: round(b / rate / 1e6, 3) for key, b in part_bytes.items()},
         "top_groups_ms": {key: round(ms, 2) for key, ms in groups.most_common(args.top)},
     }
     text = json.dumps(report, indent=1)
