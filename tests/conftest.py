@@ -1,7 +1,9 @@
-"""Shared test helpers: where the golden fixtures live."""
+"""Shared test helpers: where the golden fixtures live, and a script on several host devices."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,15 @@ def load_case(case: str):
     """(json metadata, npz arrays) of one vheat_torch fixture case."""
     meta = json.loads((VHEAT_FIXTURES / f"{case}.json").read_text())
     return meta, np.load(VHEAT_FIXTURES / f"{case}.npz")
+
+
+def run_on_host_devices(script: str, count: int) -> None:
+    """Runs ``python -c script`` on ``count`` XLA:CPU devices (a fresh process: the flag must precede jax's
+    start) and asserts it exits 0 with its last line ``OK``."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 
 def nchw_to_nhwc(x):

@@ -5,9 +5,7 @@ Each check is one small program per array, ending in a cross-device reduction wh
 process after 40 s at the first save of a 4-device FSDP run on 2 cores (reproduced with this state).
 """
 
-import os
-import subprocess
-import sys
+from conftest import run_on_host_devices
 
 SCRIPT = """
 import jax, numpy as np
@@ -26,7 +24,4 @@ print("OK")
 
 
 def test_finite_and_fingerprint_checks_finish_on_a_state_split_over_four_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+    run_on_host_devices(SCRIPT, 4)

@@ -1,13 +1,11 @@
 """The recipe's device half (``vheat_jax.cls.on_device``): normalisation, random erasing, the mixing exchange."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_host_devices
 from PIL import Image
 
 from vheat_jax.cls import on_device
@@ -83,7 +81,4 @@ SHARDED = textwrap.dedent("""
 
 
 def test_sharded_batches_mix_without_moving_rows_between_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+    run_on_host_devices(SHARDED, 4)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_host_devices
 
 from vheat_jax.hco_fused import MAX_KRON_TOKENS, fused_diffuse
 from vheat_jax.heat import heat_diffuse
@@ -151,11 +152,4 @@ print("OK")
 
 def test_a_batch_sharded_over_devices_is_not_gathered_around_the_kernels():
     """Pallas kernels are custom calls: unsplit, XLA's partitioner would gather the batch onto every device."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+    run_on_host_devices(SHARDED, 4)
