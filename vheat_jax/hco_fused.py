@@ -59,19 +59,22 @@ def _largest_power_of_two_dividing(n: int) -> int:
     return n & -n
 
 
+def _zero_padded(basis: np.ndarray) -> np.ndarray:
+    """A square basis in the top-left corner of a zero (P, P) matrix, P its padded side."""
+    side = _padded(basis.shape[0])
+    padded = np.zeros((side, side), np.float32)
+    padded[:basis.shape[0], :basis.shape[1]] = basis
+    return padded
+
+
 @functools.lru_cache(maxsize=None)
 def _padded_basis(n: int) -> np.ndarray:
-    basis = np.zeros((_padded(n), _padded(n)), np.float32)
-    basis[:n, :n] = dct_basis(n)
-    return basis
+    return _zero_padded(dct_basis(n))
 
 
 @functools.lru_cache(maxsize=None)
 def _padded_kron_basis(height: int, width: int) -> np.ndarray:
-    tokens = height * width
-    basis = np.zeros((_padded(tokens), _padded(tokens)), np.float32)
-    basis[:tokens, :tokens] = np.kron(dct_basis(height), dct_basis(width))
-    return basis
+    return _zero_padded(np.kron(dct_basis(height), dct_basis(width)))
 
 
 def _dot(a, b, contract_a: int = 1):
